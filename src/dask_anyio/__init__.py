@@ -1,0 +1,21 @@
+"""dask-anyio: submit work to a Dask cluster from asyncio and trio, with structured concurrency.
+
+Layers, lowest first; a higher layer uses only the public functions of the lower ones:
+
+* ``_core``: the asyncio core, one asynchronous :class:`distributed.Client` (and perhaps a
+  cluster) on one asyncio loop. Knows nothing of anyio or trio.
+* ``_bridge``: the thread bridge. :meth:`LoopToken.run_sync_soon` is the one primitive that
+  crosses threads; ``open_core_runner`` picks, once per executor, whether the core runs on the
+  caller's asyncio loop or on a private asyncio loop thread (under trio).
+* ``_handle`` and ``_executor``: the anyio front end, :class:`DaskExecutor` and
+  :class:`TaskHandle`, running on the caller's loop.
+* ``_cli`` and ``_demo``: the ``dask anyio`` command line.
+"""
+
+from ._executor import DaskExecutor as DaskExecutor
+from ._handle import TaskCancelled as TaskCancelled
+from ._handle import TaskHandle as TaskHandle
+from ._handle import TaskStatus as TaskStatus
+
+__all__ = ["DaskExecutor", "TaskCancelled", "TaskHandle", "TaskStatus"]
+__version__ = "0.1.0.dev0"

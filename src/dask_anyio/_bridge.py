@@ -1,0 +1,195 @@
+"""Thread bridge: the one thread-crossing primitive, and the two ways of running the core.
+
+Three kinds of thread meet in dask-anyio:
+
+* the *front-end* thread, where the caller's event loop runs (asyncio or trio);
+* the *core* loop, the asyncio loop that owns the :class:`distributed.Client`: the caller's
+  own loop under asyncio, a private loop thread owned by the executor under trio;
+* Dask's ``Dask-Callback-Thread``, where :meth:`distributed.Future.add_done_callback`
+  callbacks run.
+
+Code on one of them never touches another loop's objects directly: every crossing goes
+through :meth:`LoopToken.run_sync_soon`. The difference between the two backends lives in
+:func:`open_core_runner`, chosen once per executor; nothing above this module tests which
+backend it runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar, TypeVarTuple, Unpack
+
+import anyio
+import anyio.lowlevel
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+__all__ = ["CoreRunner", "LoopToken", "current_loop_token", "open_core_runner"]
+
+LOOP_THREAD_NAME = "dask-anyio-loop"
+
+
+class LoopToken:
+    """A reference to one running event loop (asyncio or trio) that other threads may call into.
+
+    Obtain one with :func:`current_loop_token` from inside the loop.
+    """
+
+    __slots__ = ("_finished", "_schedule")
+
+    def __init__(self, native: object) -> None:
+        if isinstance(native, asyncio.AbstractEventLoop):
+            self._schedule: Callable[..., object] = native.call_soon_threadsafe
+            self._finished: tuple[type[BaseException], ...] = (RuntimeError,)
+        else:  # trio.lowlevel.TrioToken: the only other backend that anyio supports
+            import trio
+
+            self._schedule = native.run_sync_soon  # type: ignore[attr-defined]
+            self._finished = (trio.RunFinishedError,)
+
+    def run_sync_soon(self, fn: Callable[[Unpack[Ts]], object], *args: Unpack[Ts]) -> bool:
+        """Schedule ``fn(*args)`` to run soon on this token's event loop.
+
+        **This method is thread-safe.** It is the only way dask-anyio crosses from one thread
+        to another: from Dask's callback thread to the caller's loop, from the trio thread to
+        the private asyncio loop and back. It never blocks and never runs ``fn`` inline.
+        Calls scheduled from one thread run in the order they were scheduled.
+
+        :return: ``True`` if the call was scheduled, ``False`` if the loop has already
+            finished (the call is then dropped).
+        """
+        try:
+            self._schedule(fn, *args)
+        except self._finished:
+            return False
+        return True
+
+
+def current_loop_token() -> LoopToken:
+    """Return a :class:`LoopToken` for the event loop running in this thread."""
+    return LoopToken(anyio.lowlevel.current_token().native_token)
+
+
+class CoreRunner(Protocol):
+    """How the front end reaches the asyncio core. Chosen once per executor."""
+
+    #: The caller's event loop.
+    front: LoopToken
+    #: The asyncio loop that owns the Dask client.
+    core: LoopToken
+
+    async def run(
+        self, fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: Unpack[Ts]
+    ) -> T:  # pragma: no cover - protocol
+        """Run the coroutine ``fn(*args)`` on the core loop and return its result.
+
+        Checkpoint. If the caller is cancelled, the coroutine is cancelled too, and this
+        returns (raising the cancellation) only once the coroutine has finished.
+        """
+        ...
+
+
+class _SameLoopRunner:
+    """asyncio: the core runs on the caller's own loop, so running it is a plain ``await``."""
+
+    def __init__(self, token: LoopToken) -> None:
+        self.front = self.core = token
+
+    async def run(self, fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: Unpack[Ts]) -> T:
+        return await fn(*args)
+
+
+class _LoopThreadRunner:
+    """trio: the core runs on a private asyncio loop in a thread that this runner owns."""
+
+    def __init__(self, front: LoopToken) -> None:
+        self.front = front
+        self.core: LoopToken
+        self._stop: asyncio.Event
+        self._thread: threading.Thread
+
+    async def start(self) -> None:
+        started = anyio.Event()
+        self._stopped = anyio.Event()
+        self._thread = threading.Thread(
+            target=self._main, args=(started,), name=LOOP_THREAD_NAME, daemon=True
+        )
+        self._thread.start()
+        await started.wait()
+
+    def _main(self, started: anyio.Event) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._serve(started))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+            self.front.run_sync_soon(self._stopped.set)
+
+    async def _serve(self, started: anyio.Event) -> None:
+        self._stop = asyncio.Event()
+        self.core = current_loop_token()
+        self.front.run_sync_soon(started.set)
+        await self._stop.wait()
+
+    async def aclose(self) -> None:
+        """Stop the loop thread and join it. Cancel-shielded; call once everything has run."""
+        with anyio.CancelScope(shield=True):
+            self.core.run_sync_soon(self._stop.set)
+            await self._stopped.wait()
+        # The thread has closed its loop and made its last call: this join is immediate.
+        self._thread.join()
+
+    async def run(self, fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: Unpack[Ts]) -> T:
+        done = anyio.Event()
+        task: asyncio.Future[T] | None = None
+
+        def start() -> None:  # on the core loop
+            nonlocal task
+            task = asyncio.ensure_future(fn(*args))
+            task.add_done_callback(lambda _: self.front.run_sync_soon(done.set))
+
+        def cancel() -> None:  # on the core loop, always after start()
+            assert task is not None
+            task.cancel()
+
+        if not self.core.run_sync_soon(start):
+            raise RuntimeError("the executor's event loop thread has stopped")
+        try:
+            await done.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                self.core.run_sync_soon(cancel)
+                await done.wait()
+            raise
+        assert task is not None
+        if task.cancelled():
+            raise RuntimeError("the executor's event loop cancelled this operation")
+        # The task is done, and its done-callback ran on the core loop before ``done`` was set
+        # on this thread: reading its outcome here is safe.
+        return task.result()
+
+
+@asynccontextmanager
+async def open_core_runner() -> AsyncIterator[CoreRunner]:
+    """Choose how to run the asyncio core for the event loop running in this thread.
+
+    Under asyncio (any asyncio loop, uvloop included) the core shares the caller's loop. Under
+    trio a private asyncio loop thread is started here and joined when the context exits.
+    """
+    front = current_loop_token()
+    native: Any = anyio.lowlevel.current_token().native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        yield _SameLoopRunner(front)
+        return
+    runner = _LoopThreadRunner(front)
+    await runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.aclose()

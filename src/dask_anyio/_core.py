@@ -1,0 +1,225 @@
+"""asyncio core: the corrected seed ``DaskExecutor`` over an asynchronous Dask client.
+
+Everything here is plain asyncio and runs on the *core loop*, the loop that owns the
+:class:`distributed.Client`. The coroutine methods must be awaited on that loop; the plain
+methods (:meth:`DaskCore.submit`, :meth:`DaskCore.map`, :meth:`DaskCore.release`) are
+thread-safe because the Dask client's ``submit``, ``map`` and ``Future.release`` are.
+This module knows nothing of anyio, trio or handles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
+
+import dask.config
+import distributed
+from dask.utils import parse_timedelta
+from distributed.deploy.cluster import Cluster
+
+__all__ = ["DaskCore", "SubmitOptions"]
+
+logger = logging.getLogger("dask_anyio")
+
+#: Options passed through to :meth:`distributed.Client.submit` and ``map``.
+SubmitOptions = Mapping[str, Any]
+
+#: How long cleanup waits for the scheduler to confirm that it forgot our keys.
+FORGET_TIMEOUT = 10.0
+
+
+def _connect_timeout(timeout: float | str | None) -> float:
+    if timeout is None:
+        timeout = dask.config.get("distributed.comm.timeouts.connect")
+    seconds = parse_timedelta(timeout, default="s")
+    assert seconds is not None
+    return float(seconds)
+
+
+class DaskCore:
+    """One Dask client (and possibly one cluster) on the running asyncio loop."""
+
+    def __init__(
+        self,
+        client: distributed.Client,
+        *,
+        cluster: Cluster | None,
+        owns_client: bool,
+        owns_cluster: bool,
+    ) -> None:
+        self.client = client
+        self.cluster = cluster
+        self._owns_client = owns_client
+        self._owns_cluster = owns_cluster
+
+    # -- opening and closing ---------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        address: str | None,
+        cluster: Cluster | None,
+        client: distributed.Client | None,
+        security: Any,
+        connect_timeout: float | str | None,
+        local_cluster_kwargs: Mapping[str, Any],
+    ) -> DaskCore:
+        """Connect as the executor's arguments ask. Must run on the core loop."""
+        if client is not None:
+            return cls(client, cluster=None, owns_client=False, owns_cluster=False)
+        timeout = _connect_timeout(connect_timeout)
+        owns_cluster = False
+        if cluster is not None:
+            address = cluster.scheduler_address
+            if security is None:
+                security = getattr(cluster, "security", None)
+        elif address is None:
+            address = dask.config.get("scheduler-address", None)
+        if address is None:
+            cluster = await cls._start_local_cluster(local_cluster_kwargs)
+            owns_cluster = True
+            address = cluster.scheduler_address
+            security = cluster.security
+        try:
+            new_client = await cls._connect(address, security, timeout)
+        except BaseException:
+            if owns_cluster:
+                assert cluster is not None
+                await cluster.close()
+            raise
+        return cls(new_client, cluster=cluster, owns_client=True, owns_cluster=owns_cluster)
+
+    @staticmethod
+    async def _start_local_cluster(kwargs: Mapping[str, Any]) -> Cluster:
+        options: dict[str, Any] = {
+            "processes": True,
+            "host": "127.0.0.1",
+            "scheduler_port": 0,
+            "dashboard_address": "127.0.0.1:0",
+        }
+        options.update(kwargs)
+        cluster = distributed.LocalCluster(asynchronous=True, **options)
+        try:
+            await cluster
+        except BaseException:
+            await cluster.close()
+            raise
+        return cluster
+
+    @staticmethod
+    async def _connect(address: str, security: Any, timeout: float) -> distributed.Client:
+        client = distributed.Client(
+            address,
+            asynchronous=True,
+            security=security,
+            timeout=timeout,
+            set_as_default=False,
+        )
+        try:
+            await client
+        except BaseException as exc:
+            await client.close()
+            if isinstance(exc, OSError | asyncio.TimeoutError):
+                raise ConnectionError(
+                    f"could not connect to the Dask scheduler at {address!r} "
+                    f"within {timeout:g} s: {exc}"
+                ) from exc
+            raise
+        return client
+
+    async def close(self) -> None:
+        """Close what this core owns: the client, then the cluster."""
+        if self._owns_client:
+            await self.client.close()
+        if self._owns_cluster:
+            assert self.cluster is not None
+            await self.cluster.close()
+
+    @property
+    def dashboard_link(self) -> str | None:
+        link = self.client.dashboard_link
+        return link if isinstance(link, str) else None
+
+    # -- submitting (thread-safe) ----------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: Iterable[Any],
+        kwargs: Mapping[str, Any],
+        options: SubmitOptions,
+    ) -> distributed.Future[Any]:
+        """Submit one task. Thread-safe: the client's ``submit`` sends through its loop."""
+        return self.client.submit(fn, *args, **options, **kwargs)
+
+    def map(
+        self, fn: Callable[..., Any], iterables: list[list[Any]], options: SubmitOptions
+    ) -> list[distributed.Future[Any]]:
+        """Submit one task per item. Thread-safe, like :meth:`submit`."""
+        futures: list[distributed.Future[Any]] = self.client.map(fn, *iterables, **options)
+        return futures
+
+    @staticmethod
+    def release(future: distributed.Future[Any]) -> None:
+        """Drop our reference to ``future``'s key. Thread-safe; the scheduler is told later."""
+        future.release()
+
+    # -- coroutines (core loop only) -------------------------------------------------------
+
+    async def result(self, future: distributed.Future[Any]) -> Any:
+        """Fetch the value of a finished future."""
+        return await future.result()
+
+    async def exception(self, future: distributed.Future[Any]) -> BaseException:
+        """Return the remote exception of an erred future, carrying its remote traceback."""
+        exc = await future.exception()
+        tb = await future.traceback()
+        assert isinstance(exc, BaseException)
+        return exc.with_traceback(tb)
+
+    async def cancel(self, futures: Collection[distributed.Future[Any]], reason: str) -> None:
+        """Cancel ``futures`` on the cluster; return once the scheduler has forgotten them."""
+        if not futures:
+            return
+        await self.client.cancel(list(futures), force=True, reason=reason, msg=reason)
+        await self.wait_forgotten({f.key for f in futures})
+
+    async def wait_forgotten(
+        self, keys: Collection[Any], timeout: float = FORGET_TIMEOUT
+    ) -> None:
+        """Wait until the scheduler holds none of ``keys``.
+
+        Cancelling and releasing keys are one-way messages in Dask; the only acknowledgement
+        is to ask the scheduler. Polls with a short, growing interval up to ``timeout``, then
+        warns with the keys still held (for example, keys another client also wants).
+        """
+        remaining = list(keys)
+        if not remaining or self.client.status != "running":
+            return
+        delay = 0.002
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                states = await self.client.scheduler.get_task_status(keys=remaining)
+            except (OSError, distributed.comm.CommClosedError):
+                logger.debug("scheduler unreachable while releasing keys", exc_info=True)
+                return
+            remaining = [k for k, state in states.items() if state not in (None, "forgotten")]
+            if not remaining:
+                return
+            if loop.time() >= deadline:
+                warnings.warn(
+                    f"the scheduler still holds {len(remaining)} released key(s) after "
+                    f"{timeout:g} s, for example {remaining[0]!r}; another client may want them",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+

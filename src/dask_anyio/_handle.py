@@ -1,0 +1,120 @@
+"""Task handles, their status enum and the exception for remotely cancelled tasks."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+
+import anyio
+
+if TYPE_CHECKING:
+    import distributed
+
+    from ._executor import DaskExecutor
+
+__all__ = ["TaskCancelled", "TaskHandle", "TaskStatus"]
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class TaskStatus(enum.StrEnum):
+    """The state of a task, as the Dask client knows it."""
+
+    #: Submitted, not finished yet (queued, waiting for inputs or running).
+    PENDING = "pending"
+    #: Finished; its value is on the cluster.
+    FINISHED = "finished"
+    #: Raised an exception on the worker.
+    ERROR = "error"
+    #: Cancelled (by :meth:`TaskHandle.cancel`, by a cancelled scope, or by Dask).
+    CANCELLED = "cancelled"
+    #: Its value was lost with a worker; Dask recomputes it.
+    LOST = "lost"
+
+
+class TaskCancelled(Exception):  # noqa: N818 - named after what happened, like trio.Cancelled
+    """A task was cancelled, so it has no value.
+
+    Raised by ``await handle`` and :meth:`DaskExecutor.retrieve`. It is an ordinary
+    :class:`Exception`, never the backend's cancellation exception: the *caller* was not
+    cancelled, the remote task was.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"task {key!r} was cancelled: {reason}")
+        #: The task's key.
+        self.key = key
+        #: Why, as far as known (for example ``"scheduler-connection-lost"``).
+        self.reason = reason
+
+
+@final
+class TaskHandle(Generic[T_co]):
+    """A task on the cluster, owned by the :class:`~dask_anyio.DaskExecutor` that submitted it.
+
+    Returned by :meth:`DaskExecutor.submit` and :meth:`DaskExecutor.map`; not created directly.
+    Pass it as an argument to further ``submit`` calls to use its value on the cluster without
+    moving the data through the client.
+
+    ``await handle`` waits until the task is done, without transferring its value. It is a
+    checkpoint; it returns ``None``, raises the task's own exception if the task failed, or
+    :exc:`TaskCancelled` if it was cancelled. Cancelling the awaiting scope only stops the
+    waiting: the task belongs to the executor and keeps running.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_cancel_requested",
+        "_event",
+        "_executor",
+        "_final_status",
+        "_future",
+        "_observed",
+    )
+
+    def __init__(self, executor: DaskExecutor, future: distributed.Future[Any]) -> None:
+        self._executor = executor
+        self._future = future
+        self._event: anyio.Event | None = None
+        self._observed = False
+        self._cancel_requested = False
+        self._final_status: TaskStatus | None = None
+
+    @property
+    def key(self) -> str:
+        """The task's key on the scheduler."""
+        return str(self._future.key)
+
+    @property
+    def status(self) -> TaskStatus:
+        """The task's current :class:`TaskStatus`. Frozen when the executor closes."""
+        if self._final_status is not None:
+            return self._final_status
+        if self._cancel_requested:
+            return TaskStatus.CANCELLED
+        return TaskStatus(self._future.status)
+
+    def done(self) -> bool:
+        """Return whether the task has finished, failed or been cancelled."""
+        return self.status in (TaskStatus.FINISHED, TaskStatus.ERROR, TaskStatus.CANCELLED)
+
+    def cancelled(self) -> bool:
+        """Return whether the task was cancelled."""
+        return self.status is TaskStatus.CANCELLED
+
+    def cancel(self) -> bool:
+        """Cancel the task on the cluster, and any task that depends on it.
+
+        A plain call: it returns at once and the cluster is told in the background (the
+        executor's exit waits for that). Call it from the executor's event loop thread.
+
+        :return: ``True`` if the task is now cancelled, ``False`` if it was already done.
+        """
+        return self._executor._cancel_handle(self)  # noqa: SLF001
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._executor._wait(self).__await__()  # noqa: SLF001
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.key!r} {self.status.value}>"

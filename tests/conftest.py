@@ -1,0 +1,192 @@
+"""Fixtures: backends, an external cluster started with the ``dask`` commands, leak checks."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing.resource_tracker
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import distributed
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Threads that distributed (and trio's thread cache, which runs the test harness in guest
+# mode) create once per process and keep: not ours to clean up.
+PROCESS_WIDE_THREADS = ("Dask-Callback-Thread", "Dask-Offload", "TCP-Executor", "Trio thread")
+
+_BACKENDS: list[Any] = [pytest.param(("asyncio", {}), id="asyncio")]
+try:
+    import uvloop  # noqa: F401
+except ImportError:  # pragma: no cover - uvloop is not available everywhere
+    pass
+else:
+    _BACKENDS.append(pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"))
+_BACKENDS.append(pytest.param(("trio", {}), id="trio"))
+
+
+@pytest.fixture(params=_BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Every test runs on asyncio, asyncio with uvloop and trio."""
+    return request.param
+
+
+@dataclass
+class ExternalCluster:
+    address: str
+    workers: list[str]
+    processes: list[subprocess.Popen[bytes]]
+    observer: distributed.Client
+
+    def scheduler_keys(self) -> set[str]:
+        """The keys the scheduler holds right now."""
+        keys: list[str] = self.observer.run_on_scheduler(_scheduler_keys)
+        return set(keys)
+
+    def task_states(self) -> dict[str, str]:
+        states: dict[str, str] = self.observer.run_on_scheduler(_scheduler_task_states)
+        return states
+
+
+def _scheduler_keys(dask_scheduler: Any) -> list[str]:
+    return [str(k) for k in dask_scheduler.tasks]
+
+
+def _scheduler_task_states(dask_scheduler: Any) -> dict[str, str]:
+    return {str(k): ts.state for k, ts in dask_scheduler.tasks.items()}
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or not path.read_text().strip():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{proc.args} did not write {path}")
+        time.sleep(0.05)
+
+
+def start_external_cluster(
+    tmp: Path, *, n_workers: int = 2, nthreads: int = 8, extra_env: dict[str, str] | None = None
+) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """Start ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, ports chosen by
+    the OS. Workers get SLOT=1 as a resource and the repository on their ``PYTHONPATH``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    scheduler_file = tmp / "scheduler.json"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs: list[subprocess.Popen[bytes]] = []
+    with (tmp / "cluster.log").open("ab") as log:  # the children keep their own copies
+        procs.append(subprocess.Popen(
+            [*dask, "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", str(scheduler_file)],
+            env=env, stdout=log, stderr=log, start_new_session=True,
+        ))
+        try:
+            _wait_for_file(scheduler_file, procs[0], 60)
+            address = json.loads(scheduler_file.read_text())["address"]
+            for i in range(n_workers):
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "distributed.cli.dask_worker", address,
+                     "--host", "127.0.0.1", "--nthreads", str(nthreads), "--nworkers", "1",
+                     "--no-dashboard", "--name", f"worker-{i}", "--resources", "SLOT=1",
+                     "--local-directory", str(tmp / f"worker-{i}")],
+                    env=env, stdout=log, stderr=log, start_new_session=True,
+                ))
+        except BaseException:
+            stop_processes(procs)
+            raise
+    return address, procs
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the processes and everything they started; fail if any survives."""
+    family: list[psutil.Process] = []
+    for proc in procs:
+        try:
+            family += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
+        except psutil.NoSuchProcess:
+            pass
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=15)
+    for p in alive:
+        p.kill()
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    for proc in procs:
+        proc.wait(timeout=5)
+    assert not alive, f"processes survived: {alive}"
+
+
+@pytest.fixture(scope="session")
+def external_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalCluster]:
+    """A scheduler and two 8-thread workers, started with the ``dask`` commands."""
+    tmp = tmp_path_factory.mktemp("external")
+    address, procs = start_external_cluster(tmp)
+    try:
+        observer = distributed.Client(address, timeout=60, set_as_default=False)
+        try:
+            observer.wait_for_workers(len(procs) - 1, timeout=60)
+            workers = sorted(observer.scheduler_info(n_workers=-1)["workers"])
+            yield ExternalCluster(address, workers, procs, observer)
+        finally:
+            observer.close()
+    finally:
+        stop_processes(procs)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    threads: frozenset[int]
+    fds: int
+    children: frozenset[int]
+
+
+def snapshot() -> Snapshot:
+    me = psutil.Process()
+    return Snapshot(
+        frozenset(t.ident for t in threading.enumerate() if t.ident is not None),
+        me.num_fds(),
+        frozenset(c.pid for c in me.children(recursive=True)),
+    )
+
+
+def new_threads(before: Snapshot) -> list[str]:
+    """Threads started since ``before`` that are still alive, other than Dask's global ones."""
+    return [
+        t.name
+        for t in threading.enumerate()
+        if t.ident not in before.threads and not t.name.startswith(PROCESS_WIDE_THREADS)
+    ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _process_wide_helpers() -> None:
+    """Start the helpers a process keeps for good (multiprocessing's resource tracker, which
+    LocalCluster's spawned workers use) so that leak checks do not count them."""
+    multiprocessing.resource_tracker.ensure_running()
+
+
+@pytest.fixture
+async def no_leaks() -> AsyncIterator[Snapshot]:
+    """Fail the test if it leaves a thread, a child process or a file descriptor behind.
+
+    Async, so that the event loop of the test (and its file descriptors) exists already."""
+    before = snapshot()
+    yield before
+    assert new_threads(before) == []
+    me = psutil.Process()
+    children = [c for c in me.children(recursive=True) if c.pid not in before.children]
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    assert me.num_fds() <= before.fds

@@ -1,0 +1,88 @@
+"""Task functions for the tests, importable by workers as ``tests.tasks``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import distributed
+
+
+def slow_identity(x: Any, delay: float = 0.05) -> Any:
+    """Return ``x`` after ``delay`` seconds."""
+    time.sleep(delay)
+    return x
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def total(values: Any) -> int:
+    """Sum numbers in nested lists, tuples and dict values."""
+    if isinstance(values, dict):
+        return sum(total(v) for v in values.values())
+    if isinstance(values, list | tuple | set):
+        return sum(total(v) for v in values)
+    return int(values)
+
+
+class RemoteOnlyError(Exception):
+    pass
+
+
+def raise_remote_only(message: str) -> None:
+    """Raise ``RemoteOnlyError(message)`` from a frame of this module on the worker."""
+    raise RemoteOnlyError(message)
+
+
+def _unpickle_on_worker_only(value: int) -> WorkerOnly:
+    try:
+        distributed.get_worker()
+    except ValueError:
+        raise RuntimeError("WorkerOnly data reached the client") from None
+    return WorkerOnly(value)
+
+
+class WorkerOnly:
+    """A value that can be unpickled on a worker and nowhere else."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __reduce__(self) -> Any:
+        return (_unpickle_on_worker_only, (self.value,))
+
+
+def make_worker_only(value: int) -> WorkerOnly:
+    return WorkerOnly(value)
+
+
+def read_worker_only(data: WorkerOnly) -> int:
+    return data.value
+
+
+def wait_for_event(name: str) -> str:
+    """Block a worker thread until the ``distributed.Event`` ``name`` is set."""
+    distributed.Event(name).wait()
+    return name
+
+
+def set_event(name: str) -> None:
+    distributed.Event(name).set()
+
+
+def mark_started(path: str) -> str:
+    """Record that this task started, by creating the file ``path``."""
+    Path(path).touch()
+    return path
+
+
+def worker_pid() -> int:
+    return os.getpid()

@@ -1,0 +1,127 @@
+"""The seed scenario, end to end, on an embedded and on an external cluster."""
+
+from __future__ import annotations
+
+import operator
+
+import anyio
+import pytest
+
+from dask_anyio import DaskExecutor, TaskStatus
+
+from .conftest import ExternalCluster, Snapshot
+from .tasks import slow_identity
+
+pytestmark = pytest.mark.anyio
+
+
+async def seed_scenario(ex: DaskExecutor) -> None:
+    a = ex.submit(slow_identity, 2)
+    b = ex.submit(slow_identity, 5)
+    c = ex.submit(operator.add, a, b)
+    assert await c is None
+    assert c.done()
+    assert c.status is TaskStatus.FINISHED
+    assert await ex.retrieve(c) == 7
+    assert await ex.run(operator.add, 1, 2) == 3
+
+
+async def test_seed_scenario_embedded(no_leaks: Snapshot) -> None:
+    """With no address, the executor starts, uses and closes its own LocalCluster."""
+    async with DaskExecutor(n_workers=1, threads_per_worker=2) as ex:
+        assert ex.client.scheduler.address.startswith("tcp://127.0.0.1:")
+        link = ex.dashboard_link
+        assert link is None or link.startswith("http://127.0.0.1:")
+        await seed_scenario(ex)
+        cluster = ex._core.cluster
+        assert cluster is not None
+    assert cluster.status.name == "closed"
+
+
+async def test_seed_scenario_external(external_cluster: ExternalCluster, no_leaks: Snapshot) -> None:
+    """Against a cluster started with `dask scheduler` / `dask worker`, and nothing left after."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        await seed_scenario(ex)
+        assert external_cluster.scheduler_keys()  # our handles hold their keys until exit
+    assert external_cluster.scheduler_keys() == set()
+
+
+async def test_scheduler_address_config(external_cluster: ExternalCluster) -> None:
+    """With no address, Dask's `scheduler-address` setting is honoured, as Client() does."""
+    import dask
+
+    with dask.config.set({"scheduler-address": external_cluster.address}):
+        async with DaskExecutor() as ex:
+            assert ex.client.scheduler.address == external_cluster.address
+            assert await ex.run(operator.mul, 6, 7) == 42
+
+
+async def test_cluster_object(external_cluster: ExternalCluster) -> None:
+    """A cluster object is connected to and left open."""
+    from distributed.deploy.cluster import Cluster
+
+    class Existing(Cluster):  # the least a Cluster object offers: its scheduler address
+        def __init__(self, address: str) -> None:
+            self._address = address
+            self.security = None
+
+        @property
+        def scheduler_address(self) -> str:
+            return self._address
+
+    async with DaskExecutor(cluster=Existing(external_cluster.address)) as ex:
+        assert await ex.run(operator.add, 2, 3) == 5
+
+
+async def test_map_and_nested_handles(external_cluster: ExternalCluster) -> None:
+    """map() returns handles in order; handles nested in containers become their values."""
+    from .tasks import inc, total
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        handles = ex.map(inc, range(10))
+        assert [h.key for h in handles] == list(dict.fromkeys(h.key for h in handles))
+        nested = ex.submit(total, [handles[0], (handles[1], {"x": handles[2]})], )
+        assert await ex.retrieve(nested) == 1 + 2 + 3
+        via_kwargs = ex.submit(total, values={"a": [handles[9]]})
+        assert await ex.retrieve(via_kwargs) == 10
+        pairs = ex.map(operator.add, handles[:3], [10, 20, 30])
+        assert [await ex.retrieve(h) for h in pairs] == [11, 22, 33]
+
+
+async def test_chaining_keeps_data_on_cluster(external_cluster: ExternalCluster) -> None:
+    """A value the client cannot unpickle flows between tasks: it never reached the client."""
+    from .tasks import make_worker_only, read_worker_only
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        data = ex.submit(make_worker_only, 41)
+        value = ex.submit(read_worker_only, data)
+        assert await ex.retrieve(value) == 41
+        with pytest.raises(Exception, match="WorkerOnly data reached the client"):
+            await ex.retrieve(data)
+
+
+async def test_pure_false_gives_each_call_its_own_task(external_cluster: ExternalCluster) -> None:
+    """Identical submits are distinct tasks by default; pure=True shares one handle."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        a = ex.submit(operator.add, 1, 1)
+        b = ex.submit(operator.add, 1, 1)
+        assert a.key != b.key
+        c = ex.submit(operator.add, 2, 2, pure=True)
+        d = ex.submit(operator.add, 2, 2, pure=True)
+        assert c is d
+        a.cancel()
+        assert await ex.retrieve(b) == 2
+
+
+async def test_submit_returns_at_once(external_cluster: ExternalCluster) -> None:
+    """submit() is a plain call: it returns a pending handle without waiting for the task."""
+    from .tasks import set_event, wait_for_event
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        name = f"gate-{anyio.current_time()}"
+        blocked = ex.submit(wait_for_event, name)
+        assert blocked.status is TaskStatus.PENDING
+        assert not blocked.done()
+        await ex.run(set_event, name)
+        await blocked
+        assert blocked.done()
