@@ -1,0 +1,50 @@
+"""Remote failures arrive with their own type, message and remote traceback."""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+
+from dask_anyio import DaskExecutor
+
+from .conftest import ExternalCluster
+from .tasks import RemoteOnlyError, raise_remote_only
+
+pytestmark = pytest.mark.anyio
+
+
+def remote_frames(exc: BaseException) -> list[str]:
+    return [f.name for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith("tasks.py")]
+
+
+async def test_remote_exception_through_await_retrieve_and_run(
+    external_cluster: ExternalCluster,
+) -> None:
+    """await handle, retrieve() and run() raise the original type with the remote frame."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        handle = ex.submit(raise_remote_only, "boom 1")
+        with pytest.raises(RemoteOnlyError, match="^boom 1$") as excinfo:
+            await handle
+        assert "raise_remote_only" in remote_frames(excinfo.value)
+        with pytest.raises(RemoteOnlyError, match="^boom 1$") as excinfo:
+            await ex.retrieve(handle)
+        assert "raise_remote_only" in remote_frames(excinfo.value)
+        with pytest.raises(RemoteOnlyError, match="^boom 2$") as excinfo:
+            await ex.run(raise_remote_only, "boom 2")
+        assert "raise_remote_only" in remote_frames(excinfo.value)
+        assert not isinstance(excinfo.value, BaseExceptionGroup)
+
+
+async def test_dependent_of_failed_task_fails_with_its_error(
+    external_cluster: ExternalCluster,
+) -> None:
+    """A task whose input failed raises the input's exception."""
+    from .tasks import inc
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        failed = ex.submit(raise_remote_only, "upstream")
+        with pytest.raises(RemoteOnlyError, match="upstream"):
+            await ex.retrieve(ex.submit(inc, failed))
+        with pytest.raises(RemoteOnlyError):
+            await failed

@@ -1,0 +1,118 @@
+"""Structured exit: wait on success, cancel on error, raise what nobody observed."""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+import pytest
+
+from dask_anyio import DaskExecutor, TaskStatus
+
+from .conftest import ExternalCluster, Snapshot
+from .tasks import RemoteOnlyError, inc, raise_remote_only, set_event, slow_identity, wait_for_event
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_normal_exit_waits_for_outstanding_handles(
+    external_cluster: ExternalCluster, no_leaks: Snapshot
+) -> None:
+    """Leaving the block normally waits for every handle, then releases every key."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        handles = [ex.submit(slow_identity, i, 0.2) for i in range(3)]
+        assert not any(h.done() for h in handles)
+    assert [h.status for h in handles] == [TaskStatus.FINISHED] * 3
+    assert external_cluster.scheduler_keys() == set()
+
+
+async def test_error_exit_cancels_outstanding_tasks(
+    external_cluster: ExternalCluster, no_leaks: Snapshot
+) -> None:
+    """An exception in the body cancels outstanding tasks on the cluster, then propagates."""
+    gate = f"gate-{uuid.uuid4()}"
+    with pytest.raises(KeyError, match="body failed"):
+        async with DaskExecutor(external_cluster.address) as ex:
+            blocked = [ex.submit(wait_for_event, gate) for _ in range(3)]
+            done = ex.submit(inc, 1)
+            await done
+            raise KeyError("body failed")
+    assert [h.status for h in blocked] == [TaskStatus.CANCELLED] * 3
+    assert done.status is TaskStatus.FINISHED
+    assert external_cluster.scheduler_keys() == set()
+    async with DaskExecutor(external_cluster.address) as ex:
+        await ex.run(set_event, gate)  # free the worker threads of the cancelled tasks
+
+
+async def test_cancelled_scope_exit_cancels_outstanding_tasks(
+    external_cluster: ExternalCluster, no_leaks: Snapshot
+) -> None:
+    """A cancelled scope around the executor cancels its tasks, and the scope still ends."""
+    gate = f"gate-{uuid.uuid4()}"
+    with anyio.CancelScope() as scope:
+        async with DaskExecutor(external_cluster.address) as ex:
+            blocked = ex.submit(wait_for_event, gate)
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert blocked.status is TaskStatus.CANCELLED
+    assert external_cluster.scheduler_keys() == set()
+    async with DaskExecutor(external_cluster.address) as ex:
+        await ex.run(set_event, gate)
+
+
+async def test_cancelled_while_exit_waits(external_cluster: ExternalCluster) -> None:
+    """If the scope is cancelled while the exit waits for handles, they are cancelled."""
+    gate = f"gate-{uuid.uuid4()}"
+    async with anyio.create_task_group() as tg:
+
+        async def body() -> None:
+            async with DaskExecutor(external_cluster.address) as ex:
+                handles.append(ex.submit(wait_for_event, gate))
+                submitted.set()
+
+        handles: list[object] = []
+        submitted = anyio.Event()
+        tg.start_soon(body)
+        await submitted.wait()
+        await anyio.wait_all_tasks_blocked()  # body is now waiting in the executor's exit
+        tg.cancel_scope.cancel()
+    assert [h.status for h in handles] == [TaskStatus.CANCELLED]  # type: ignore[attr-defined]
+    assert external_cluster.scheduler_keys() == set()
+    async with DaskExecutor(external_cluster.address) as ex:
+        await ex.run(set_event, gate)
+
+
+async def test_unobserved_failure_is_raised_at_exit(external_cluster: ExternalCluster) -> None:
+    """A failed task whose error nobody awaited comes out of the exit: never silently lost."""
+    with pytest.RaisesGroup(pytest.RaisesExc(RemoteOnlyError, match="nobody looked")):
+        async with DaskExecutor(external_cluster.address) as ex:
+            ex.submit(raise_remote_only, "nobody looked")
+            ex.submit(inc, 1)
+    assert external_cluster.scheduler_keys() == set()
+
+
+async def test_observed_failure_is_not_raised_again(external_cluster: ExternalCluster) -> None:
+    """A failure already raised to a caller does not come out of the exit a second time."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        failed = ex.submit(raise_remote_only, "seen")
+        with pytest.raises(RemoteOnlyError):
+            await failed
+        cancelled = ex.submit(wait_for_event, "never-set")
+        cancelled.cancel()
+    assert failed.status is TaskStatus.ERROR
+    assert cancelled.status is TaskStatus.CANCELLED
+
+
+async def test_executor_loop_thread_is_joined(external_cluster: ExternalCluster) -> None:
+    """Under trio the Dask client runs on a private loop thread, joined at exit."""
+    import threading
+
+    from dask_anyio._bridge import LOOP_THREAD_NAME
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        await ex.run(inc, 1)
+        names = [t.name for t in threading.enumerate()]
+        uses_thread = ex._runner.core is not ex._runner.front
+        assert names.count(LOOP_THREAD_NAME) == (1 if uses_thread else 0)
+    assert LOOP_THREAD_NAME not in [t.name for t in threading.enumerate()]
