@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import reprlib
 import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
@@ -37,6 +38,19 @@ def _connect_timeout(timeout: float | str | None) -> float:
     seconds = parse_timedelta(timeout, default="s")
     assert seconds is not None
     return float(seconds)
+
+
+def _raise_if_unpicklable(error: Exception, parts: Iterable[tuple[str, Any]]) -> None:
+    """After ``submit`` failed with ``error``: if one of ``parts`` cannot be pickled, raise a
+    :exc:`TypeError` naming it (Dask's own message names only its internal graph)."""
+    for what, obj in parts:
+        try:
+            distributed.protocol.pickle.dumps(obj)
+        except Exception as cause:
+            raise TypeError(
+                f"cannot send the {what} ({reprlib.repr(obj)}) to the cluster: it cannot be "
+                f"pickled ({cause})"
+            ) from error
 
 
 class DaskCore:
@@ -153,14 +167,31 @@ class DaskCore:
         kwargs: Mapping[str, Any],
         options: SubmitOptions,
     ) -> distributed.Future[Any]:
-        """Submit one task. Thread-safe: the client's ``submit`` sends through its loop."""
-        return self.client.submit(fn, *args, **options, **kwargs)
+        """Submit one task. Thread-safe: the client's ``submit`` sends through its loop.
+
+        :raises TypeError: naming the function or argument that cannot be pickled.
+        """
+        args = list(args)
+        try:
+            return self.client.submit(fn, *args, **options, **kwargs)
+        except Exception as exc:
+            _raise_if_unpicklable(exc, [("function", fn)]
+                                  + [(f"argument {i}", a) for i, a in enumerate(args)]
+                                  + [(f"keyword argument {k!r}", v) for k, v in kwargs.items()])
+            raise
 
     def map(
         self, fn: Callable[..., Any], iterables: list[list[Any]], options: SubmitOptions
     ) -> list[distributed.Future[Any]]:
         """Submit one task per item. Thread-safe, like :meth:`submit`."""
-        futures: list[distributed.Future[Any]] = self.client.map(fn, *iterables, **options)
+        try:
+            futures: list[distributed.Future[Any]] = self.client.map(fn, *iterables, **options)
+        except Exception as exc:
+            _raise_if_unpicklable(exc, [("function", fn)]
+                                  + [(f"item {i} of iterable {j}", a)
+                                     for j, column in enumerate(iterables)
+                                     for i, a in enumerate(column)])
+            raise
         return futures
 
     @staticmethod

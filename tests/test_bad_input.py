@@ -1,0 +1,134 @@
+"""Bad input gets a clear error naming the problem, never a hang."""
+
+from __future__ import annotations
+
+import operator
+import socket
+import threading
+
+import anyio
+import distributed
+import pytest
+
+from dask_anyio import DaskExecutor
+
+from .conftest import ExternalCluster, Snapshot
+from .tasks import inc
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_use_before_enter_and_after_exit(external_cluster: ExternalCluster) -> None:
+    """submit, map, run and retrieve raise RuntimeError outside the `async with` block."""
+    ex = DaskExecutor(external_cluster.address)
+    with pytest.raises(RuntimeError, match="not open"):
+        ex.submit(inc, 1)
+    async with ex:
+        handle = ex.submit(inc, 1)
+        await handle
+    with pytest.raises(RuntimeError, match="closed"):
+        ex.submit(inc, 1)
+    with pytest.raises(RuntimeError, match="closed"):
+        ex.map(inc, [1])
+    with pytest.raises(RuntimeError, match="closed"):
+        await ex.run(inc, 1)
+    with pytest.raises(RuntimeError, match="closed"):
+        await ex.retrieve(handle)
+    await handle  # its final state is kept: still a finished task
+    with pytest.raises(RuntimeError, match="only once"):
+        async with ex:
+            pass
+
+
+async def test_handle_of_another_executor(external_cluster: ExternalCluster) -> None:
+    """A handle from another executor is refused with ValueError, as argument or to retrieve."""
+    async with DaskExecutor(external_cluster.address) as one:
+        async with DaskExecutor(external_cluster.address) as two:
+            foreign = one.submit(inc, 1)
+            with pytest.raises(ValueError, match="another DaskExecutor"):
+                two.submit(inc, foreign)
+            with pytest.raises(ValueError, match="another DaskExecutor"):
+                two.submit(sum, [[foreign]])
+            with pytest.raises(ValueError, match="another DaskExecutor"):
+                await two.retrieve(foreign)
+            with pytest.raises(TypeError, match="TaskHandle"):
+                await two.retrieve(1)  # type: ignore[arg-type]
+
+
+async def test_unreachable_address_fails_within_connect_timeout(no_leaks: Snapshot) -> None:
+    """Nobody listening: ConnectionError naming the address, within the connect timeout."""
+    with socket.socket() as sock:  # a port that was free a moment ago, now closed
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    with anyio.fail_after(30), pytest.raises(ConnectionError, match=address):
+        async with DaskExecutor(address, connect_timeout=1):
+            pass
+
+
+async def test_argument_combinations_are_checked() -> None:
+    """Conflicting or malformed constructor arguments raise before anything starts."""
+    with pytest.raises(ValueError, match="at most one"):
+        DaskExecutor("tcp://127.0.0.1:1", cluster=object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="n_workers"):
+        DaskExecutor("tcp://127.0.0.1:1", n_workers=2)
+    with pytest.raises(TypeError, match="address must be a string"):
+        DaskExecutor(8786)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="distributed.Client"):
+        DaskExecutor(client=object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Cluster"):
+        DaskExecutor(cluster=object())  # type: ignore[arg-type]
+
+
+async def test_invalid_options(external_cluster: ExternalCluster) -> None:
+    """Invalid submit options raise ValueError naming the option; nothing is submitted."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        with pytest.raises(TypeError, match="callable"):
+            ex.submit(42)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="priority"):
+            ex.submit(inc, 1, priority="high")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="retries"):
+            ex.submit(inc, 1, retries=-1)
+        with pytest.raises(ValueError, match="resources"):
+            ex.submit(inc, 1, resources={"GPU": -1})
+        with pytest.raises(ValueError, match="allow_other_workers"):
+            ex.submit(inc, 1, allow_other_workers=True)
+        with pytest.raises(ValueError, match="key"):
+            ex.submit(inc, 1, key="")
+        first = ex.submit(inc, 1, key="my-key")
+        with pytest.raises(ValueError, match="'my-key' is already used"):
+            ex.submit(inc, 2, key="my-key")
+        assert await ex.retrieve(first) == 2
+        with pytest.raises(TypeError, match="iterable"):
+            ex.map(inc)
+
+
+async def test_unpicklable_argument_fails_at_submit(external_cluster: ExternalCluster) -> None:
+    """An argument that cannot be pickled fails in submit() itself, naming its type."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        with pytest.raises(TypeError, match=r"argument 0 \(<unlocked _th.*cannot pickle .*lock"):
+            ex.submit(operator.truth, threading.Lock())
+        with pytest.raises(TypeError, match=r"keyword argument 'lock'.*pickle"):
+            ex.submit(dict, lock=threading.Lock())
+        with pytest.raises(TypeError, match=r"item 1 of iterable 0.*pickle"):
+            ex.map(operator.truth, [1, threading.Lock()])
+        assert await ex.run(inc, 1) == 2
+
+
+async def test_client_argument(
+    external_cluster: ExternalCluster, anyio_backend_name: str
+) -> None:
+    """client= works with an asynchronous Client on this loop, and is refused under trio."""
+    if anyio_backend_name == "trio":
+        with pytest.raises(RuntimeError, match="asyncio only"):
+            async with DaskExecutor(client=external_cluster.observer):
+                pass
+        return
+    async with distributed.Client(
+        external_cluster.address, asynchronous=True, set_as_default=False
+    ) as client:
+        async with DaskExecutor(client=client) as ex:
+            assert await ex.run(inc, 41) == 42
+        assert client.status == "running"  # not ours to close
+    with pytest.raises(ValueError, match="running asynchronous Client"):
+        async with DaskExecutor(client=external_cluster.observer):
+            pass
