@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing.resource_tracker
 import os
@@ -86,22 +87,55 @@ def start_external_cluster(
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     procs: list[subprocess.Popen[bytes]] = []
     with (tmp / "cluster.log").open("ab") as log:  # the children keep their own copies
-        procs.append(subprocess.Popen(
-            [*dask, "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--scheduler-file", str(scheduler_file)],
-            env=env, stdout=log, stderr=log, start_new_session=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    *dask,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-dashboard",
+                    "--scheduler-file",
+                    str(scheduler_file),
+                ],
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        )
         try:
             _wait_for_file(scheduler_file, procs[0], 60)
             address = json.loads(scheduler_file.read_text())["address"]
             for i in range(n_workers):
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "distributed.cli.dask_worker", address,
-                     "--host", "127.0.0.1", "--nthreads", str(nthreads), "--nworkers", "1",
-                     "--no-dashboard", "--name", f"worker-{i}", "--resources", "SLOT=1",
-                     "--local-directory", str(tmp / f"worker-{i}")],
-                    env=env, stdout=log, stderr=log, start_new_session=True,
-                ))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "distributed.cli.dask_worker",
+                            address,
+                            "--host",
+                            "127.0.0.1",
+                            "--nthreads",
+                            str(nthreads),
+                            "--nworkers",
+                            "1",
+                            "--no-dashboard",
+                            "--name",
+                            f"worker-{i}",
+                            "--resources",
+                            "SLOT=1",
+                            "--local-directory",
+                            str(tmp / f"worker-{i}"),
+                        ],
+                        env=env,
+                        stdout=log,
+                        stderr=log,
+                        start_new_session=True,
+                    )
+                )
         except BaseException:
             stop_processes(procs)
             raise
@@ -112,10 +146,8 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
     """Stop the processes and everything they started; fail if any survives."""
     family: list[psutil.Process] = []
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             family += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
-        except psutil.NoSuchProcess:
-            pass
     for proc in reversed(procs):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 import socket
 import threading
 
@@ -42,17 +43,19 @@ async def test_use_before_enter_and_after_exit(external_cluster: ExternalCluster
 
 async def test_handle_of_another_executor(external_cluster: ExternalCluster) -> None:
     """A handle from another executor is refused with ValueError, as argument or to retrieve."""
-    async with DaskExecutor(external_cluster.address) as one:
-        async with DaskExecutor(external_cluster.address) as two:
-            foreign = one.submit(inc, 1)
-            with pytest.raises(ValueError, match="another DaskExecutor"):
-                two.submit(inc, foreign)
-            with pytest.raises(ValueError, match="another DaskExecutor"):
-                two.submit(sum, [[foreign]])
-            with pytest.raises(ValueError, match="another DaskExecutor"):
-                await two.retrieve(foreign)
-            with pytest.raises(TypeError, match="TaskHandle"):
-                await two.retrieve(1)  # type: ignore[arg-type]
+    async with (
+        DaskExecutor(external_cluster.address) as one,
+        DaskExecutor(external_cluster.address) as two,
+    ):
+        foreign = one.submit(inc, 1)
+        with pytest.raises(ValueError, match="another DaskExecutor"):
+            two.submit(inc, foreign)
+        with pytest.raises(ValueError, match="another DaskExecutor"):
+            two.submit(sum, [[foreign]])
+        with pytest.raises(ValueError, match="another DaskExecutor"):
+            await two.retrieve(foreign)
+        with pytest.raises(TypeError, match="TaskHandle"):
+            await two.retrieve(1)  # type: ignore[arg-type]
 
 
 async def test_unreachable_address_fails_within_connect_timeout(no_leaks: Snapshot) -> None:
@@ -60,7 +63,7 @@ async def test_unreachable_address_fails_within_connect_timeout(no_leaks: Snapsh
     with socket.socket() as sock:  # a port that was free a moment ago, now closed
         sock.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
-    with anyio.fail_after(30), pytest.raises(ConnectionError, match=address):
+    with anyio.fail_after(30), pytest.raises(ConnectionError, match=re.escape(address)):
         async with DaskExecutor(address, connect_timeout=1):
             pass
 
@@ -73,7 +76,7 @@ async def test_argument_combinations_are_checked() -> None:
         DaskExecutor("tcp://127.0.0.1:1", n_workers=2)
     with pytest.raises(TypeError, match="address must be a string"):
         DaskExecutor(8786)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="distributed.Client"):
+    with pytest.raises(TypeError, match=r"distributed\.Client"):
         DaskExecutor(client=object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Cluster"):
         DaskExecutor(cluster=object())  # type: ignore[arg-type]
@@ -84,7 +87,7 @@ async def test_invalid_options(external_cluster: ExternalCluster) -> None:
     async with DaskExecutor(external_cluster.address) as ex:
         with pytest.raises(TypeError, match="callable"):
             ex.submit(42)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="priority"):
+        with pytest.raises(TypeError, match="priority"):
             ex.submit(inc, 1, priority="high")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="retries"):
             ex.submit(inc, 1, retries=-1)
@@ -114,9 +117,7 @@ async def test_unpicklable_argument_fails_at_submit(external_cluster: ExternalCl
         assert await ex.run(inc, 1) == 2
 
 
-async def test_client_argument(
-    external_cluster: ExternalCluster, anyio_backend_name: str
-) -> None:
+async def test_client_argument(external_cluster: ExternalCluster, anyio_backend_name: str) -> None:
     """client= works with an asynchronous Client on this loop, and is refused under trio."""
     if anyio_backend_name == "trio":
         with pytest.raises(RuntimeError, match="asyncio only"):

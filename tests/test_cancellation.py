@@ -9,8 +9,8 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import pytest
-from anyio.lowlevel import checkpoint
 from anyio.abc import TaskStatus as AnyioTaskStatus
+from anyio.lowlevel import checkpoint
 
 from dask_anyio import DaskExecutor, TaskCancelled, TaskStatus
 
@@ -48,7 +48,9 @@ async def test_queued_tasks_of_cancelled_scope_never_start(
         with anyio.CancelScope() as scope:
             async with DaskExecutor(external_cluster.address) as ex:
                 blocker = ex.submit(wait_for_event, gate, **slot)
-                queued = [ex.submit(mark_started, str(tmp_path / f"q{i}"), **slot) for i in range(5)]
+                queued = [
+                    ex.submit(mark_started, str(tmp_path / f"q{i}"), **slot) for i in range(5)
+                ]
                 keys = [blocker.key] + [h.key for h in queued]
                 scope.cancel()
                 await checkpoint()
@@ -59,7 +61,7 @@ async def test_queued_tasks_of_cancelled_scope_never_start(
         # The slot serves tasks in order: once a later task has run there, none of the
         # cancelled ones can still be waiting for it.
         await helper.submit(mark_started, str(tmp_path / "after"), **slot)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["after"]
+    assert sorted([p.name async for p in anyio.Path(tmp_path).iterdir()]) == ["after"]
 
 
 async def test_cancelling_a_wait_leaves_the_task_running(
@@ -147,7 +149,7 @@ async def test_run_cancelled_while_queued_behind_busy_slot(
         assert not [k for k in external_cluster.scheduler_keys() if k.startswith("_after-")]
         await ex.run(set_event, gate)
         await blocker
-    assert list(tmp_path.iterdir()) == []
+    assert [p async for p in anyio.Path(tmp_path).iterdir()] == []
 
 
 def _after(_blocker: object, path: str) -> str:

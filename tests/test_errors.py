@@ -15,7 +15,9 @@ pytestmark = pytest.mark.anyio
 
 
 def remote_frames(exc: BaseException) -> list[str]:
-    return [f.name for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith("tasks.py")]
+    return [
+        f.name for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith("tasks.py")
+    ]
 
 
 async def test_remote_exception_through_await_retrieve_and_run(
@@ -24,13 +26,13 @@ async def test_remote_exception_through_await_retrieve_and_run(
     """await handle, retrieve() and run() raise the original type with the remote frame."""
     async with DaskExecutor(external_cluster.address) as ex:
         handle = ex.submit(raise_remote_only, "boom 1")
-        with pytest.raises(RemoteOnlyError, match="^boom 1$") as excinfo:
+        with pytest.raises(RemoteOnlyError, match=r"^boom 1$") as excinfo:
             await handle
         assert "raise_remote_only" in remote_frames(excinfo.value)
-        with pytest.raises(RemoteOnlyError, match="^boom 1$") as excinfo:
+        with pytest.raises(RemoteOnlyError, match=r"^boom 1$") as excinfo:
             await ex.retrieve(handle)
         assert "raise_remote_only" in remote_frames(excinfo.value)
-        with pytest.raises(RemoteOnlyError, match="^boom 2$") as excinfo:
+        with pytest.raises(RemoteOnlyError, match=r"^boom 2$") as excinfo:
             await ex.run(raise_remote_only, "boom 2")
         assert "raise_remote_only" in remote_frames(excinfo.value)
         assert not isinstance(excinfo.value, BaseExceptionGroup)

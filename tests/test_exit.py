@@ -7,7 +7,7 @@ import uuid
 import anyio
 import pytest
 
-from dask_anyio import DaskExecutor, TaskStatus
+from dask_anyio import DaskExecutor, TaskHandle, TaskStatus
 
 from .conftest import ExternalCluster, Snapshot
 from .tasks import RemoteOnlyError, inc, raise_remote_only, set_event, slow_identity, wait_for_event
@@ -31,14 +31,20 @@ async def test_error_exit_cancels_outstanding_tasks(
 ) -> None:
     """An exception in the body cancels outstanding tasks on the cluster, then propagates."""
     gate = f"gate-{uuid.uuid4()}"
-    with pytest.raises(KeyError, match="body failed"):
+    blocked: list[TaskHandle[str]] = []
+    done: list[TaskHandle[int]] = []
+
+    async def body() -> None:
         async with DaskExecutor(external_cluster.address) as ex:
-            blocked = [ex.submit(wait_for_event, gate) for _ in range(3)]
-            done = ex.submit(inc, 1)
-            await done
+            blocked.extend(ex.submit(wait_for_event, gate) for _ in range(3))
+            done.append(ex.submit(inc, 1))
+            await done[0]
             raise KeyError("body failed")
+
+    with pytest.raises(KeyError, match="body failed"):
+        await body()
     assert [h.status for h in blocked] == [TaskStatus.CANCELLED] * 3
-    assert done.status is TaskStatus.FINISHED
+    assert done[0].status is TaskStatus.FINISHED
     assert external_cluster.scheduler_keys() == set()
     async with DaskExecutor(external_cluster.address) as ex:
         await ex.run(set_event, gate)  # free the worker threads of the cancelled tasks

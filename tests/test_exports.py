@@ -8,7 +8,8 @@ import dask_anyio
 def test_all_matches_exports() -> None:
     """Every name in __all__ exists, and every public attribute is in __all__."""
     public = {
-        name for name in vars(dask_anyio)
+        name
+        for name in vars(dask_anyio)
         if not name.startswith("_") and not isinstance(getattr(dask_anyio, name), type(dask_anyio))
     }
     assert set(dask_anyio.__all__) == public

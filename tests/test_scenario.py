@@ -38,7 +38,9 @@ async def test_seed_scenario_embedded(no_leaks: Snapshot) -> None:
     assert cluster.status.name == "closed"
 
 
-async def test_seed_scenario_external(external_cluster: ExternalCluster, no_leaks: Snapshot) -> None:
+async def test_seed_scenario_external(
+    external_cluster: ExternalCluster, no_leaks: Snapshot
+) -> None:
     """Against a cluster started with `dask scheduler` / `dask worker`, and nothing left after."""
     async with DaskExecutor(external_cluster.address) as ex:
         await seed_scenario(ex)
@@ -80,7 +82,10 @@ async def test_map_and_nested_handles(external_cluster: ExternalCluster) -> None
     async with DaskExecutor(external_cluster.address) as ex:
         handles = ex.map(inc, range(10))
         assert [h.key for h in handles] == list(dict.fromkeys(h.key for h in handles))
-        nested = ex.submit(total, [handles[0], (handles[1], {"x": handles[2]})], )
+        nested = ex.submit(
+            total,
+            [handles[0], (handles[1], {"x": handles[2]})],
+        )
         assert await ex.retrieve(nested) == 1 + 2 + 3
         via_kwargs = ex.submit(total, values={"a": [handles[9]]})
         assert await ex.retrieve(via_kwargs) == 10
@@ -125,3 +130,25 @@ async def test_submit_returns_at_once(external_cluster: ExternalCluster) -> None
         await ex.run(set_event, name)
         await blocked
         assert blocked.done()
+
+
+async def test_run_passes_every_keyword_to_the_function(external_cluster: ExternalCluster) -> None:
+    """run() has no options: keywords named like submit's options go to the function."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.run(dict, key="k", pure=1, priority=2) == {
+            "key": "k",
+            "pure": 1,
+            "priority": 2,
+        }
+
+
+async def test_submit_keywords_named_like_options(external_cluster: ExternalCluster) -> None:
+    """A function keyword named like a Dask option (`workers=`) reaches the function."""
+    from .tasks import total
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        one = ex.submit(operator.add, 0, 1)
+        handle = ex.submit(dict, fifo_timeout=one, actor=[one])
+        assert handle.key.startswith("dict-")
+        assert await ex.retrieve(handle) == {"fifo_timeout": 1, "actor": [1]}
+        assert await ex.retrieve(ex.submit(total, {"a": one})) == 1

@@ -20,7 +20,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar, TypeVarTuple, Unpack
+from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.lowlevel
@@ -51,7 +51,7 @@ class LoopToken:
             self._schedule = native.run_sync_soon  # type: ignore[attr-defined]
             self._finished = (trio.RunFinishedError,)
 
-    def run_sync_soon(self, fn: Callable[[Unpack[Ts]], object], *args: Unpack[Ts]) -> bool:
+    def run_sync_soon(self, fn: Callable[[*Ts], object], *args: *Ts) -> bool:
         """Schedule ``fn(*args)`` to run soon on this token's event loop.
 
         **This method is thread-safe.** It is the only way dask-anyio crosses from one thread
@@ -83,7 +83,7 @@ class CoreRunner(Protocol):
     core: LoopToken
 
     async def run(
-        self, fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: Unpack[Ts]
+        self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts
     ) -> T:  # pragma: no cover - protocol
         """Run the coroutine ``fn(*args)`` on the core loop and return its result.
 
@@ -99,7 +99,7 @@ class _SameLoopRunner:
     def __init__(self, token: LoopToken) -> None:
         self.front = self.core = token
 
-    async def run(self, fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: Unpack[Ts]) -> T:
+    async def run(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
         return await fn(*args)
 
 
@@ -145,7 +145,7 @@ class _LoopThreadRunner:
         # The thread has closed its loop and made its last call: this join is immediate.
         self._thread.join()
 
-    async def run(self, fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: Unpack[Ts]) -> T:
+    async def run(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
         done = anyio.Event()
         task: asyncio.Future[T] | None = None
 

@@ -10,15 +10,19 @@ This module knows nothing of anyio, trio or handles.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import reprlib
+import uuid
 import warnings
-from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from typing import Any, cast
 
 import dask.config
 import distributed
-from dask.utils import parse_timedelta
+from dask.base import tokenize
+from dask.utils import apply, funcname, parse_timedelta
+from distributed.comm.core import CommClosedError
 from distributed.deploy.cluster import Cluster
 
 __all__ = ["DaskCore", "SubmitOptions"]
@@ -38,6 +42,9 @@ def _connect_timeout(timeout: float | str | None) -> float:
     seconds = parse_timedelta(timeout, default="s")
     assert seconds is not None
     return float(seconds)
+
+
+_CLIENT_SUBMIT_PARAMETERS = frozenset(inspect.signature(distributed.Client.submit).parameters)
 
 
 def _raise_if_unpicklable(error: Exception, parts: Iterable[tuple[str, Any]]) -> None:
@@ -97,7 +104,7 @@ class DaskCore:
             cluster = await cls._start_local_cluster(local_cluster_kwargs)
             owns_cluster = True
             address = cluster.scheduler_address
-            security = cluster.security
+            security = getattr(cluster, "security", None)
         try:
             new_client = await cls._connect(address, security, timeout)
         except BaseException:
@@ -118,19 +125,19 @@ class DaskCore:
         options.update(kwargs)
         cluster = distributed.LocalCluster(asynchronous=True, **options)
         try:
-            await cluster
+            await cast(Awaitable[Any], cluster)
         except BaseException:
-            await cluster.close()
+            await cast(Awaitable[Any], cluster.close())
             raise
         return cluster
 
     @staticmethod
-    async def _connect(address: str, security: Any, timeout: float) -> distributed.Client:
+    async def _connect(address: str, security: Any, connect_timeout: float) -> distributed.Client:
         client = distributed.Client(
             address,
             asynchronous=True,
             security=security,
-            timeout=timeout,
+            timeout=connect_timeout,
             set_as_default=False,
         )
         try:
@@ -140,7 +147,7 @@ class DaskCore:
             if isinstance(exc, OSError | asyncio.TimeoutError):
                 raise ConnectionError(
                     f"could not connect to the Dask scheduler at {address!r} "
-                    f"within {timeout:g} s: {exc}"
+                    f"within {connect_timeout:g} s: {exc}"
                 ) from exc
             raise
         return client
@@ -173,11 +180,23 @@ class DaskCore:
         """
         args = list(args)
         try:
-            return self.client.submit(fn, *args, **options, **kwargs)
+            if _CLIENT_SUBMIT_PARAMETERS.isdisjoint(kwargs):
+                return self.client.submit(fn, *args, **options, **kwargs)
+            # Keywords of the function named like Client.submit's own (key=, pure=, ...):
+            # pass them inside a dict, where Dask still replaces futures by their values.
+            key = options.get("key") or (
+                f"{funcname(fn)}-{tokenize(fn, kwargs, *args)}"
+                if options.get("pure")
+                else f"{funcname(fn)}-{uuid.uuid4()}"
+            )
+            return self.client.submit(apply, fn, args, dict(kwargs), **{**options, "key": key})
         except Exception as exc:
-            _raise_if_unpicklable(exc, [("function", fn)]
-                                  + [(f"argument {i}", a) for i, a in enumerate(args)]
-                                  + [(f"keyword argument {k!r}", v) for k, v in kwargs.items()])
+            _raise_if_unpicklable(
+                exc,
+                [("function", fn)]
+                + [(f"argument {i}", a) for i, a in enumerate(args)]
+                + [(f"keyword argument {k!r}", v) for k, v in kwargs.items()],
+            )
             raise
 
     def map(
@@ -187,10 +206,15 @@ class DaskCore:
         try:
             futures: list[distributed.Future[Any]] = self.client.map(fn, *iterables, **options)
         except Exception as exc:
-            _raise_if_unpicklable(exc, [("function", fn)]
-                                  + [(f"item {i} of iterable {j}", a)
-                                     for j, column in enumerate(iterables)
-                                     for i, a in enumerate(column)])
+            _raise_if_unpicklable(
+                exc,
+                [("function", fn)]
+                + [
+                    (f"item {i} of iterable {j}", a)
+                    for j, column in enumerate(iterables)
+                    for i, a in enumerate(column)
+                ],
+            )
             raise
         return futures
 
@@ -220,12 +244,13 @@ class DaskCore:
         await self.wait_forgotten({f.key for f in futures})
 
     async def wait_forgotten(
-        self, keys: Collection[Any], timeout: float = FORGET_TIMEOUT
+        self, keys: Collection[Any], give_up_after: float = FORGET_TIMEOUT
     ) -> None:
         """Wait until the scheduler holds none of ``keys``.
 
         Cancelling and releasing keys are one-way messages in Dask; the only acknowledgement
-        is to ask the scheduler. Polls with a short, growing interval up to ``timeout``, then
+        is to ask the scheduler. Polls with a short, growing interval for ``give_up_after``
+        seconds, then
         warns with the keys still held (for example, keys another client also wants).
         """
         remaining = list(keys)
@@ -233,11 +258,13 @@ class DaskCore:
             return
         delay = 0.002
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + give_up_after
         while True:
+            scheduler = self.client.scheduler
+            assert scheduler is not None
             try:
-                states = await self.client.scheduler.get_task_status(keys=remaining)
-            except (OSError, distributed.comm.CommClosedError):
+                states = await scheduler.get_task_status(keys=remaining)
+            except (OSError, CommClosedError):
                 logger.debug("scheduler unreachable while releasing keys", exc_info=True)
                 return
             remaining = [k for k, state in states.items() if state not in (None, "forgotten")]
@@ -246,11 +273,11 @@ class DaskCore:
             if loop.time() >= deadline:
                 warnings.warn(
                     f"the scheduler still holds {len(remaining)} released key(s) after "
-                    f"{timeout:g} s, for example {remaining[0]!r}; another client may want them",
+                    f"{give_up_after:g} s, for example {remaining[0]!r}; another client may "
+                    "want them",
                     RuntimeWarning,
                     stacklevel=1,
                 )
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
-

@@ -35,6 +35,8 @@ _SCALARS = (str, bytes, int, float, complex, bool, type(None))
 _REASON_SCOPE = "the scope that owned it was cancelled"
 _REASON_HANDLE = "TaskHandle.cancel() was called"
 _REASON_EXIT = "the DaskExecutor exited with an error"
+#: run() takes no options: all its keyword arguments are the function's.
+_RUN_OPTIONS: dict[str, Any] = {"pure": False}
 
 
 class _State(enum.Enum):
@@ -81,7 +83,9 @@ class DaskExecutor:
         connect_timeout: float | str | None = None,
         **local_cluster_kwargs: Any,
     ) -> None:
-        given = [n for n, v in (("address", address), ("cluster", cluster), ("client", client)) if v]
+        given = [
+            n for n, v in (("address", address), ("cluster", cluster), ("client", client)) if v
+        ]
         if len(given) > 1:
             raise ValueError(f"give at most one of address, cluster and client, not {given}")
         if local_cluster_kwargs and given:
@@ -106,7 +110,7 @@ class DaskExecutor:
         self._state = _State.NEW
         self._handles: dict[str, TaskHandle[Any]] = {}
         self._released_keys: set[str] = set()
-        self._background_errors: list[BaseException] = []
+        self._background_errors: list[Exception] = []
         self._core: DaskCore
         self._runner: CoreRunner
         self._tg: anyio.abc.TaskGroup
@@ -160,7 +164,7 @@ class DaskExecutor:
                     await self._wait_done(handle)
             except BaseException as wait_error:  # cancelled while waiting: as for an error
                 error = wait_error
-        unobserved: list[BaseException] = []
+        unobserved: list[Exception] = []
         try:
             with anyio.CancelScope(shield=True):
                 if error is not None:
@@ -185,8 +189,8 @@ class DaskExecutor:
         pending = [h._future for h in self._handles.values() if not h.done()]
         await self._runner.run(self._core.cancel, pending, _REASON_EXIT)
 
-    async def _collect_unobserved(self) -> list[BaseException]:
-        errors: list[BaseException] = []
+    async def _collect_unobserved(self) -> list[Exception]:
+        errors: list[Exception] = []
         for handle in self._handles.values():
             if handle._observed or handle._cancel_requested:
                 continue
@@ -209,7 +213,9 @@ class DaskExecutor:
         if self._state is _State.OPEN:
             return
         if self._state is _State.NEW:
-            raise RuntimeError("this DaskExecutor is not open: use `async with DaskExecutor() as ex`")
+            raise RuntimeError(
+                "this DaskExecutor is not open: use `async with DaskExecutor() as ex`"
+            )
         raise RuntimeError(f"this DaskExecutor is {self._state.value}: it cannot be used any more")
 
     # -- introspection ---------------------------------------------------------------------
@@ -264,10 +270,21 @@ class DaskExecutor:
         :raises TypeError: if ``fn`` is not callable or cannot be pickled.
         """
         self._check_open()
+        options = self._options(
+            key, pure, priority, retries, resources, workers, allow_other_workers
+        )
+        return self._submit(fn, args, kwargs, options)
+
+    def _submit(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> TaskHandle[T]:
+        self._check_open()
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {fn!r}")
-        options = self._options(key, pure, priority, retries, resources, workers,
-                                allow_other_workers)
         future = self._core.submit(fn, self._unwrap(args), self._unwrap(kwargs), options)
         return self._adopt(future)
 
@@ -295,8 +312,9 @@ class DaskExecutor:
             raise TypeError(f"map() needs a callable, not {fn!r}")
         if not iterables:
             raise TypeError("map() needs at least one iterable")
-        options = self._options(None, pure, priority, retries, resources, workers,
-                                allow_other_workers)
+        options = self._options(
+            None, pure, priority, retries, resources, workers, allow_other_workers
+        )
         if key is not None:
             options["key"] = key
         columns = [list(self._unwrap(list(it))) for it in iterables]
@@ -319,9 +337,9 @@ class DaskExecutor:
             if key in self._handles:
                 raise ValueError(f"key {key!r} is already used by a task of this executor")
         if not isinstance(pure, bool):
-            raise ValueError(f"pure must be True or False, not {pure!r}")
+            raise TypeError(f"pure must be True or False, not {pure!r}")
         if not isinstance(priority, int) or isinstance(priority, bool):
-            raise ValueError(f"priority must be an integer, not {priority!r}")
+            raise TypeError(f"priority must be an integer, not {priority!r}")
         if retries is not None and (
             not isinstance(retries, int) or isinstance(retries, bool) or retries < 0
         ):
@@ -329,8 +347,11 @@ class DaskExecutor:
         if resources is not None and not (
             isinstance(resources, Mapping)
             and all(
-                isinstance(k, str) and isinstance(v, Number) and not isinstance(v, bool)
-                and math.isfinite(v) and v >= 0  # type: ignore[arg-type,operator]
+                isinstance(k, str)
+                and isinstance(v, Number)
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and v >= 0
                 for k, v in resources.items()
             )
         ):
@@ -344,7 +365,9 @@ class DaskExecutor:
             if not all(isinstance(w, str) for w in workers):
                 raise ValueError(f"workers must be addresses or names (strings), not {workers!r}")
         if not isinstance(allow_other_workers, bool):
-            raise ValueError(f"allow_other_workers must be True or False, not {allow_other_workers!r}")
+            raise TypeError(
+                f"allow_other_workers must be True or False, not {allow_other_workers!r}"
+            )
         if allow_other_workers and not workers:
             raise ValueError("allow_other_workers=True needs workers=")
         return {
@@ -372,11 +395,11 @@ class DaskExecutor:
         return obj
 
     def _adopt(self, future: distributed.Future[Any]) -> TaskHandle[Any]:
-        existing = self._handles.get(future.key)
+        handle: TaskHandle[Any] = TaskHandle(self, future)
+        existing = self._handles.get(handle.key)
         if existing is not None:  # pure=True and an identical call: one task, one handle
             self._core.release(future)
             return existing
-        handle: TaskHandle[Any] = TaskHandle(self, future)
         self._handles[handle.key] = handle
         return handle
 
@@ -399,9 +422,7 @@ class DaskExecutor:
             event = handle._event
             if event is None or event.is_set():
                 event = handle._event = anyio.Event()
-                handle._future.add_done_callback(
-                    functools.partial(self._on_future_done, event)
-                )
+                handle._future.add_done_callback(functools.partial(self._on_future_done, event))
             await event.wait()
 
     def _on_future_done(self, event: anyio.Event, _future: object) -> None:
@@ -444,7 +465,7 @@ class DaskExecutor:
         scheduler has forgotten the task. Its key is released when the call returns.
         Raises the task's own exception if it failed.
         """
-        handle = self.submit(fn, *args, **kwargs)
+        handle = self._submit(fn, args, kwargs, _RUN_OPTIONS)
         handle._observed = True
         try:
             await self._wait(handle)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
 
 import anyio
 
@@ -33,7 +33,7 @@ class TaskStatus(enum.StrEnum):
     LOST = "lost"
 
 
-class TaskCancelled(Exception):  # noqa: N818 - named after what happened, like trio.Cancelled
+class TaskCancelled(Exception):
     """A task was cancelled, so it has no value.
 
     Raised by ``await handle`` and :meth:`DaskExecutor.retrieve`. It is an ordinary
@@ -93,7 +93,7 @@ class TaskHandle(Generic[T_co]):
             return self._final_status
         if self._cancel_requested:
             return TaskStatus.CANCELLED
-        return TaskStatus(self._future.status)
+        return TaskStatus(cast(str, self._future.status))
 
     def done(self) -> bool:
         """Return whether the task has finished, failed or been cancelled."""
@@ -111,10 +111,10 @@ class TaskHandle(Generic[T_co]):
 
         :return: ``True`` if the task is now cancelled, ``False`` if it was already done.
         """
-        return self._executor._cancel_handle(self)  # noqa: SLF001
+        return self._executor._cancel_handle(self)
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self._executor._wait(self).__await__()  # noqa: SLF001
+        return self._executor._wait(self).__await__()
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.key!r} {self.status.value}>"

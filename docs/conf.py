@@ -1,0 +1,18 @@
+"""Sphinx configuration."""
+
+from __future__ import annotations
+
+project = "dask-anyio"
+author = "dask-anyio developers"
+# No intersphinx: the docs build offline (CI has no network beyond package registries).
+extensions = ["myst_parser", "sphinx.ext.autodoc"]
+source_suffix = {".md": "markdown"}
+exclude_patterns = ["_build"]
+html_theme = "furo"
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+# Names outside this package (the standard library, Dask, anyio) and type variables.
+nitpick_ignore_regex = [
+    (r"py:.*", r"(collections\.abc|typing|types|distributed|anyio|trio|dask)\..*"),
+    (r"py:.*", r"(Cluster|ExceptionGroup|~?P|.*\.(T|T_co)|typing\.~P)"),
+]

@@ -1,0 +1,50 @@
+"""The one entry point for checks: `nox -s tests`, `lint`, `typecheck`, `docs`, `demo`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+TEST_DEPS = ["pytest>=8.4", "pytest-timeout", "psutil", "uvloop"]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite on asyncio, asyncio+uvloop and trio."""
+    session.install("-e", ".[trio]", *TEST_DEPS)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check (with the ASYNC rules) and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "noxfile.py", "docs")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "docs")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[trio]", "mypy")
+    session.run("mypy", "--strict", "src")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation, warnings as errors."""
+    session.install("-e", ".[trio]", "sphinx", "furo", "myst-parser")
+    session.run(
+        "sphinx-build", "-W", "-n", "--keep-going", "-b", "html", "docs", "docs/_build/html"
+    )
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Run the demo on an embedded LocalCluster: `nox -s demo -- --backend trio`."""
+    session.install("-e", ".[trio]")
+    session.run("python", "-m", "dask_anyio", "demo", *session.posargs)
