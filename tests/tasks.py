@@ -86,3 +86,8 @@ def mark_started(path: str) -> str:
 
 def worker_pid() -> int:
     return os.getpid()
+
+
+def with_keywords(x: Any, **kwargs: Any) -> dict[str, Any]:
+    """Return ``x`` and the keyword arguments, as a dict."""
+    return {"x": x, **kwargs}

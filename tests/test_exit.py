@@ -122,3 +122,15 @@ async def test_executor_loop_thread_is_joined(external_cluster: ExternalCluster)
         uses_thread = ex._runner.core is not ex._runner.front
         assert names.count(LOOP_THREAD_NAME) == (1 if uses_thread else 0)
     assert LOOP_THREAD_NAME not in [t.name for t in threading.enumerate()]
+
+
+@pytest.mark.parametrize(
+    "deadline", [0, 0.3], ids=["already-cancelled", "cancelled-while-starting"]
+)
+async def test_cancelled_while_entering_leaves_nothing(deadline: float, no_leaks: Snapshot) -> None:
+    """A scope cancelled while the executor starts its cluster leaves no thread or process."""
+    with anyio.move_on_after(deadline) as scope:
+        async with DaskExecutor(n_workers=1, threads_per_worker=1) as ex:
+            await ex.run(inc, 1)
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught

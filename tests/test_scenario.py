@@ -144,7 +144,7 @@ async def test_run_passes_every_keyword_to_the_function(external_cluster: Extern
 
 async def test_submit_keywords_named_like_options(external_cluster: ExternalCluster) -> None:
     """A function keyword named like a Dask option (`workers=`) reaches the function."""
-    from .tasks import total
+    from .tasks import total, with_keywords
 
     async with DaskExecutor(external_cluster.address) as ex:
         one = ex.submit(operator.add, 0, 1)
@@ -152,3 +152,15 @@ async def test_submit_keywords_named_like_options(external_cluster: ExternalClus
         assert handle.key.startswith("dict-")
         assert await ex.retrieve(handle) == {"fifo_timeout": 1, "actor": [1]}
         assert await ex.retrieve(ex.submit(total, {"a": one})) == 1
+        mapped = ex.map(with_keywords, [one, 2], batch_size=[one])
+        assert all(h.key.startswith("with_keywords-") for h in mapped)
+        assert [await ex.retrieve(h) for h in mapped] == [
+            {"x": 1, "batch_size": [1]},
+            {"x": 2, "batch_size": [1]},
+        ]
+
+
+async def test_embedded_cluster_with_threads_only() -> None:
+    """processes=False gives an in-process LocalCluster (inproc://, no TCP listener)."""
+    async with DaskExecutor(processes=False, n_workers=1, threads_per_worker=1) as ex:
+        assert await ex.run(operator.add, 1, 1) == 2

@@ -93,14 +93,62 @@ class CoreRunner(Protocol):
         ...
 
 
+async def _run_as_core_task(
+    front: LoopToken, core: LoopToken, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts
+) -> T:
+    """Run ``fn(*args)`` as its own asyncio task on the core loop and await it from the front.
+
+    Its own task, even when both loops are one: a cancelled caller then cancels the core
+    coroutine exactly once, so that its cleanup (closing a half-opened client, say) runs to the
+    end, and the caller waits for that under a shield before the cancellation propagates.
+    """
+    done = anyio.Event()
+    task: asyncio.Future[T] | None = None
+    start_error: BaseException | None = None
+
+    def start() -> None:  # on the core loop
+        nonlocal task, start_error
+        try:
+            task = asyncio.ensure_future(fn(*args))
+        except BaseException as error:  # never leave the caller waiting for nothing
+            start_error = error
+            front.run_sync_soon(done.set)
+            return
+        task.add_done_callback(lambda _: front.run_sync_soon(done.set))
+
+    def cancel() -> None:  # on the core loop, always after start()
+        if task is not None:
+            task.cancel()
+
+    if not core.run_sync_soon(start):
+        raise RuntimeError("the executor's event loop has stopped")
+    try:
+        await done.wait()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            core.run_sync_soon(cancel)
+            await done.wait()
+        if task is not None and not task.cancelled():
+            task.exception()  # retrieved: asyncio must not log it as never retrieved
+        raise
+    if start_error is not None:
+        raise start_error
+    assert task is not None
+    if task.cancelled():
+        raise RuntimeError("the executor's event loop cancelled this operation")
+    # The task is done, and its done-callback ran on the core loop before ``done`` was set
+    # on this thread: reading its outcome here is safe.
+    return task.result()
+
+
 class _SameLoopRunner:
-    """asyncio: the core runs on the caller's own loop, so running it is a plain ``await``."""
+    """asyncio: the core runs on the caller's own loop (no thread hop)."""
 
     def __init__(self, token: LoopToken) -> None:
         self.front = self.core = token
 
     async def run(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-        return await fn(*args)
+        return await _run_as_core_task(self.front, self.core, fn, *args)
 
 
 class _LoopThreadRunner:
@@ -119,7 +167,8 @@ class _LoopThreadRunner:
             target=self._main, args=(started,), name=LOOP_THREAD_NAME, daemon=True
         )
         self._thread.start()
-        await started.wait()
+        with anyio.CancelScope(shield=True):  # a cancelled caller still gets a stoppable loop
+            await started.wait()
 
     def _main(self, started: anyio.Event) -> None:
         loop = asyncio.new_event_loop()
@@ -146,33 +195,7 @@ class _LoopThreadRunner:
         self._thread.join()
 
     async def run(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-        done = anyio.Event()
-        task: asyncio.Future[T] | None = None
-
-        def start() -> None:  # on the core loop
-            nonlocal task
-            task = asyncio.ensure_future(fn(*args))
-            task.add_done_callback(lambda _: self.front.run_sync_soon(done.set))
-
-        def cancel() -> None:  # on the core loop, always after start()
-            assert task is not None
-            task.cancel()
-
-        if not self.core.run_sync_soon(start):
-            raise RuntimeError("the executor's event loop thread has stopped")
-        try:
-            await done.wait()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                self.core.run_sync_soon(cancel)
-                await done.wait()
-            raise
-        assert task is not None
-        if task.cancelled():
-            raise RuntimeError("the executor's event loop cancelled this operation")
-        # The task is done, and its done-callback ran on the core loop before ``done`` was set
-        # on this thread: reading its outcome here is safe.
-        return task.result()
+        return await _run_as_core_task(self.front, self.core, fn, *args)
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ This module knows nothing of anyio, trio or handles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import reprlib
@@ -45,6 +46,7 @@ def _connect_timeout(timeout: float | str | None) -> float:
 
 
 _CLIENT_SUBMIT_PARAMETERS = frozenset(inspect.signature(distributed.Client.submit).parameters)
+_CLIENT_MAP_PARAMETERS = frozenset(inspect.signature(distributed.Client.map).parameters)
 
 
 def _raise_if_unpicklable(error: Exception, parts: Iterable[tuple[str, Any]]) -> None:
@@ -123,10 +125,16 @@ class DaskCore:
             "dashboard_address": "127.0.0.1:0",
         }
         options.update(kwargs)
+        if options.get("processes") is False:
+            del options["host"]  # in-process workers talk over inproc://, not TCP
         cluster = distributed.LocalCluster(asynchronous=True, **options)
+        starting = asyncio.ensure_future(cast(Awaitable[Any], cluster))
         try:
-            await cast(Awaitable[Any], cluster)
+            await asyncio.shield(starting)
         except BaseException:
+            # A half-started cluster cannot be closed: let the start finish (or fail) first.
+            with contextlib.suppress(Exception):
+                await starting
             await cast(Awaitable[Any], cluster.close())
             raise
         return cluster
@@ -200,11 +208,30 @@ class DaskCore:
             raise
 
     def map(
-        self, fn: Callable[..., Any], iterables: list[list[Any]], options: SubmitOptions
+        self,
+        fn: Callable[..., Any],
+        iterables: list[list[Any]],
+        kwargs: Mapping[str, Any],
+        options: SubmitOptions,
     ) -> list[distributed.Future[Any]]:
         """Submit one task per item. Thread-safe, like :meth:`submit`."""
+        futures: list[distributed.Future[Any]]
         try:
-            futures: list[distributed.Future[Any]] = self.client.map(fn, *iterables, **options)
+            if _CLIENT_MAP_PARAMETERS.isdisjoint(kwargs):
+                futures = self.client.map(fn, *iterables, **options, **kwargs)
+            else:  # as in submit: keywords named like Client.map's own travel in a dict
+                rows = [list(row) for row in zip(*iterables, strict=False)]
+                prefix = options.get("key") or funcname(fn)
+                keys = [
+                    f"{prefix}-{tokenize(fn, kwargs, *row)}"
+                    if options.get("pure")
+                    else f"{prefix}-{uuid.uuid4()}"
+                    for row in rows
+                ]
+                n = len(rows)
+                futures = self.client.map(
+                    apply, [fn] * n, rows, [dict(kwargs)] * n, **{**options, "key": keys}
+                )
         except Exception as exc:
             _raise_if_unpicklable(
                 exc,

@@ -23,7 +23,7 @@ import distributed
 from distributed.deploy.cluster import Cluster
 
 from ._bridge import CoreRunner, open_core_runner
-from ._core import DaskCore
+from ._core import DaskCore, logger
 from ._handle import TaskCancelled, TaskHandle, TaskStatus
 
 __all__ = ["DaskExecutor"]
@@ -35,6 +35,8 @@ _SCALARS = (str, bytes, int, float, complex, bool, type(None))
 _REASON_SCOPE = "the scope that owned it was cancelled"
 _REASON_HANDLE = "TaskHandle.cancel() was called"
 _REASON_EXIT = "the DaskExecutor exited with an error"
+#: How often to look at a task whose value was lost with a worker (rare).
+_LOST_RECHECK = 0.1
 #: run() takes no options: all its keyword arguments are the function's.
 _RUN_OPTIONS: dict[str, Any] = {"pure": False}
 
@@ -112,6 +114,7 @@ class DaskExecutor:
         self._released_keys: set[str] = set()
         self._background_errors: list[Exception] = []
         self._core: DaskCore
+        self._core_opened = False
         self._runner: CoreRunner
         self._tg: anyio.abc.TaskGroup
         self._stack: AsyncExitStack
@@ -126,16 +129,23 @@ class DaskExecutor:
             client = self._open_args["client"]
             if client is not None:
                 self._check_client(client)
-            self._core = await self._runner.run(lambda: DaskCore.open(**self._open_args))
             stack.push_async_callback(self._close_core)
+            await self._runner.run(self._open_core)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._stack = stack.pop_all()
         self._state = _State.OPEN
         return self
 
+    async def _open_core(self) -> None:
+        # On the core loop. Stored here, not returned, so that a caller cancelled just as the
+        # core opened still finds it to close.
+        self._core = await DaskCore.open(**self._open_args)
+        self._core_opened = True
+
     async def _close_core(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._runner.run(self._core.close)
+        if self._core_opened:
+            with anyio.CancelScope(shield=True):
+                await self._runner.run(self._core.close)
 
     def _check_client(self, client: distributed.Client) -> None:
         if self._runner.core is not self._runner.front:
@@ -165,6 +175,7 @@ class DaskExecutor:
             except BaseException as wait_error:  # cancelled while waiting: as for an error
                 error = wait_error
         unobserved: list[Exception] = []
+        cleanup_errors: list[Exception] = []
         try:
             with anyio.CancelScope(shield=True):
                 if error is not None:
@@ -172,16 +183,28 @@ class DaskExecutor:
                 else:
                     unobserved = await self._collect_unobserved()
                 await self._release_all()
+        except Exception as cleanup_error:
+            cleanup_errors.append(cleanup_error)
         finally:
             self._state = _State.CLOSED
             # Outside any scope opened after the task group: waits for background
             # cancellations, closes the client and what we own, then stops the private loop
             # thread (trio). Each step shields itself.
-            await self._stack.aclose()
-        if error is not None and error is not exc:
-            raise error
+            try:
+                await self._stack.aclose()
+            except Exception as cleanup_error:
+                cleanup_errors.append(cleanup_error)
+        if error is not None:
+            # The body's error (or cancellation) wins; cleanup failures must not hide it.
+            for failed in cleanup_errors:
+                logger.warning("closing the DaskExecutor after %r failed", error, exc_info=failed)
+            if error is not exc:
+                raise error
+            return None
+        if cleanup_errors:
+            raise cleanup_errors[0]
         failures = unobserved + self._background_errors
-        if error is None and failures:
+        if failures:
             raise ExceptionGroup("tasks failed and nobody awaited them", failures)
         return None
 
@@ -318,7 +341,7 @@ class DaskExecutor:
         if key is not None:
             options["key"] = key
         columns = [list(self._unwrap(list(it))) for it in iterables]
-        futures = self._core.map(fn, columns, {**options, **self._unwrap(kwargs)})
+        futures = self._core.map(fn, columns, self._unwrap(kwargs), options)
         return [self._adopt(f) for f in futures]
 
     def _options(
@@ -420,6 +443,10 @@ class DaskExecutor:
         await anyio.lowlevel.checkpoint()
         while not handle.done():
             event = handle._event
+            if event is not None and event.is_set():
+                # Lost with a worker: Dask's done-callback fires at once for a lost task, so
+                # look again after a pause until Dask has recomputed it.
+                await anyio.sleep(_LOST_RECHECK)
             if event is None or event.is_set():
                 event = handle._event = anyio.Event()
                 handle._future.add_done_callback(functools.partial(self._on_future_done, event))
@@ -473,7 +500,11 @@ class DaskExecutor:
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 handle._cancel_requested = True
-                await self._runner.run(self._core.cancel, [handle._future], _REASON_SCOPE)
+                try:
+                    await self._runner.run(self._core.cancel, [handle._future], _REASON_SCOPE)
+                except Exception:  # the caller's cancellation wins; the exit retries the release
+                    logger.warning("could not cancel %s on the cluster", handle.key, exc_info=True)
+                    self._released_keys.add(handle.key)
             raise
         finally:
             if self._handles.pop(handle.key, None) is not None:
