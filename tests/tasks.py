@@ -91,3 +91,18 @@ def worker_pid() -> int:
 def with_keywords(x: Any, **kwargs: Any) -> dict[str, Any]:
     """Return ``x`` and the keyword arguments, as a dict."""
     return {"x": x, **kwargs}
+
+
+class RemoteBaseError(BaseException):
+    """A BaseException that is not an Exception."""
+
+
+def raise_base_exception() -> None:
+    raise RemoteBaseError("not an Exception")
+
+
+async def cancel_itself() -> None:
+    """An async task that ends with CancelledError on the worker's event loop."""
+    import asyncio
+
+    raise asyncio.CancelledError

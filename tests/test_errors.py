@@ -50,3 +50,20 @@ async def test_dependent_of_failed_task_fails_with_its_error(
             await ex.retrieve(ex.submit(inc, failed))
         with pytest.raises(RemoteOnlyError):
             await failed
+
+
+async def test_remote_base_exceptions_are_not_mistaken_for_local_ones(
+    external_cluster: ExternalCluster,
+) -> None:
+    """A task's BaseException (CancelledError included) arrives wrapped, never bare."""
+    from dask_anyio import TaskCancelled
+
+    from .tasks import RemoteBaseError, cancel_itself, raise_base_exception
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        with pytest.raises(RuntimeError, match="not an Exception") as excinfo:
+            await ex.run(raise_base_exception)
+        assert isinstance(excinfo.value.__cause__, RemoteBaseError)
+        with pytest.raises(TaskCancelled, match="CancelledError"):
+            await ex.run(cancel_itself)
+        assert await ex.run(int, "7") == 7  # and the caller was not cancelled

@@ -7,7 +7,7 @@ import uuid
 import anyio
 import pytest
 
-from dask_anyio import DaskExecutor, TaskHandle, TaskStatus
+from dask_anyio import DaskExecutor, TaskCancelled, TaskHandle, TaskStatus
 
 from .conftest import ExternalCluster, Snapshot
 from .tasks import RemoteOnlyError, inc, raise_remote_only, set_event, slow_identity, wait_for_event
@@ -108,6 +108,10 @@ async def test_observed_failure_is_not_raised_again(external_cluster: ExternalCl
         cancelled.cancel()
     assert failed.status is TaskStatus.ERROR
     assert cancelled.status is TaskStatus.CANCELLED
+    with pytest.raises(RemoteOnlyError, match="seen"):  # handles keep their outcome after exit
+        await failed
+    with pytest.raises(TaskCancelled):
+        await cancelled
 
 
 async def test_executor_loop_thread_is_joined(external_cluster: ExternalCluster) -> None:
@@ -134,3 +138,17 @@ async def test_cancelled_while_entering_leaves_nothing(deadline: float, no_leaks
             await ex.run(inc, 1)
             await anyio.sleep_forever()
     assert scope.cancelled_caught
+
+
+async def test_keys_released_by_run_are_confirmed_in_batches(
+    external_cluster: ExternalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run() keys are confirmed forgotten in the background once a batch has gathered."""
+    from dask_anyio import _executor
+
+    monkeypatch.setattr(_executor, "_CONFIRM_BATCH", 3)
+    async with DaskExecutor(external_cluster.address) as ex:
+        for i in range(7):
+            assert await ex.run(inc, i) == i + 1
+        assert len(ex._released_keys) == 1  # two batches of 3 went to the background
+    assert external_cluster.scheduler_keys() == set()

@@ -7,6 +7,7 @@ through a :class:`~dask_anyio._bridge.CoreRunner`, and Dask's callback thread on
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import math
@@ -37,6 +38,8 @@ _REASON_HANDLE = "TaskHandle.cancel() was called"
 _REASON_EXIT = "the DaskExecutor exited with an error"
 #: How often to look at a task whose value was lost with a worker (rare).
 _LOST_RECHECK = 0.1
+#: How many keys released by run() to confirm with the scheduler at once.
+_CONFIRM_BATCH = 1000
 #: run() takes no options: all its keyword arguments are the function's.
 _RUN_OPTIONS: dict[str, Any] = {"pure": False}
 
@@ -180,9 +183,13 @@ class DaskExecutor:
             with anyio.CancelScope(shield=True):
                 if error is not None:
                     await self._cancel_outstanding()
-                else:
-                    unobserved = await self._collect_unobserved()
-                await self._release_all()
+                released = await self._release_all()
+                if error is None:
+                    unobserved = [
+                        h._failure
+                        for h in released
+                        if h._failure is not None and not h._observed and not h._cancel_requested
+                    ]
         except Exception as cleanup_error:
             cleanup_errors.append(cleanup_error)
         finally:
@@ -212,25 +219,23 @@ class DaskExecutor:
         pending = [h._future for h in self._handles.values() if not h.done()]
         await self._runner.run(self._core.cancel, pending, _REASON_EXIT)
 
-    async def _collect_unobserved(self) -> list[Exception]:
-        errors: list[Exception] = []
-        for handle in self._handles.values():
-            if handle._observed or handle._cancel_requested:
-                continue
-            try:
-                await self._raise_if_failed(handle)
-            except Exception as error:
-                errors.append(error)
-        return errors
-
-    async def _release_all(self) -> None:
-        for handle in self._handles.values():
-            handle._final_status = handle.status
+    async def _release_all(self) -> list[TaskHandle[Any]]:
+        """Freeze every handle's outcome, release its key and wait until the scheduler forgot."""
+        released = list(self._handles.values())
+        for handle in released:
+            await self._freeze(handle)
             self._core.release(handle._future)
             self._released_keys.add(handle.key)
         self._handles.clear()
-        await self._runner.run(self._core.wait_forgotten, self._released_keys)
-        self._released_keys.clear()
+        keys, self._released_keys = self._released_keys, set()
+        await self._runner.run(self._core.wait_forgotten, keys)
+        return released
+
+    async def _freeze(self, handle: TaskHandle[Any]) -> None:
+        """Keep what ``await handle`` reports once the key is released (releasing marks it
+        cancelled in Dask's client)."""
+        handle._failure = await self._failure_of(handle)
+        handle._final_status = handle.status
 
     def _check_open(self) -> None:
         if self._state is _State.OPEN:
@@ -456,17 +461,35 @@ class DaskExecutor:
         # On Dask's callback thread: hand over to the caller's loop, touch nothing here.
         self._runner.front.run_sync_soon(event.set)
 
-    async def _raise_if_failed(self, handle: TaskHandle[Any]) -> None:
+    async def _failure_of(self, handle: TaskHandle[Any]) -> Exception | None:
+        """What ``await handle`` raises for a done task: its remote exception or
+        :exc:`TaskCancelled`; ``None`` if it finished (or is not done)."""
+        if handle._final_status is not None:
+            return handle._failure
         status = handle.status
-        if status is TaskStatus.FINISHED:
-            return
-        handle._observed = True
         if handle._cancel_requested:
-            raise TaskCancelled(handle.key, _REASON_HANDLE)
+            return TaskCancelled(handle.key, _REASON_HANDLE)
         if status is TaskStatus.ERROR:
-            raise await self._runner.run(self._core.exception, handle._future)
+            error = await self._runner.run(self._core.exception, handle._future)
+            if isinstance(error, Exception):
+                return error
+            # A BaseException from the worker (an async task's CancelledError, say) must not
+            # pass for one of ours: it would look like a local cancellation or exit.
+            if isinstance(error, asyncio.CancelledError):
+                failure: Exception = TaskCancelled(handle.key, "it raised CancelledError")
+            else:
+                failure = RuntimeError(f"task {handle.key!r} raised {error!r}")
+            failure.__cause__ = error
+            return failure
         if status is TaskStatus.CANCELLED:
-            raise TaskCancelled(handle.key, await self._runner.run(_cancel_reason, handle._future))
+            return TaskCancelled(handle.key, await self._runner.run(_cancel_reason, handle._future))
+        return None
+
+    async def _raise_if_failed(self, handle: TaskHandle[Any]) -> None:
+        failure = await self._failure_of(handle)
+        if failure is not None:
+            handle._observed = True
+            raise failure
 
     async def retrieve(self, handle: TaskHandle[T]) -> T:
         """Return the value of the task behind ``handle``, transferring it to the client.
@@ -504,14 +527,29 @@ class DaskExecutor:
                     await self._runner.run(self._core.cancel, [handle._future], _REASON_SCOPE)
                 except Exception:  # the caller's cancellation wins; the exit retries the release
                     logger.warning("could not cancel %s on the cluster", handle.key, exc_info=True)
-                    self._released_keys.add(handle.key)
+                    self._confirm_released(handle.key)
             raise
         finally:
             if self._handles.pop(handle.key, None) is not None:
                 handle._final_status = handle.status
                 self._core.release(handle._future)
                 if not handle._cancel_requested:
-                    self._released_keys.add(handle.key)
+                    self._confirm_released(handle.key)
+
+    def _confirm_released(self, key: str) -> None:
+        """Remember a released key, to confirm with the scheduler that it was forgotten: at
+        exit, or in the background once enough have gathered (so memory stays bounded)."""
+        self._released_keys.add(key)
+        if len(self._released_keys) >= _CONFIRM_BATCH and self._state is _State.OPEN:
+            keys, self._released_keys = self._released_keys, set()
+            self._tg.start_soon(self._confirm_in_background, keys)
+
+    async def _confirm_in_background(self, keys: set[str]) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._runner.run(self._core.wait_forgotten, keys)
+            except Exception as error:  # a child of our task group must not fail the body
+                self._background_errors.append(error)
 
     # -- cancelling ------------------------------------------------------------------------
 

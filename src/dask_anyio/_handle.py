@@ -68,6 +68,7 @@ class TaskHandle(Generic[T_co]):
         "_cancel_requested",
         "_event",
         "_executor",
+        "_failure",
         "_final_status",
         "_future",
         "_observed",
@@ -80,6 +81,7 @@ class TaskHandle(Generic[T_co]):
         self._observed = False
         self._cancel_requested = False
         self._final_status: TaskStatus | None = None
+        self._failure: Exception | None = None
 
     @property
     def key(self) -> str:
