@@ -13,12 +13,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import distributed
 import psutil
 import pytest
+from distributed.security import Security
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,64 +80,41 @@ def _wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) ->
 
 
 def start_external_cluster(
-    tmp: Path, *, n_workers: int = 2, nthreads: int = 8, extra_env: dict[str, str] | None = None
+    tmp: Path,
+    *,
+    n_workers: int = 2,
+    nthreads: int = 8,
+    scheduler_args: list[str] | None = None,
+    worker_args: list[str] | None = None,
 ) -> tuple[str, list[subprocess.Popen[bytes]]]:
     """Start ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, ports chosen by
     the OS. Workers get SLOT=1 as a resource and the repository on their ``PYTHONPATH``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     scheduler_file = tmp / "scheduler.json"
-    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    scheduler += ["--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file"]
+    scheduler += [str(scheduler_file), *(scheduler_args or [])]
     procs: list[subprocess.Popen[bytes]] = []
     with (tmp / "cluster.log").open("ab") as log:  # the children keep their own copies
-        procs.append(
-            subprocess.Popen(
-                [
-                    *dask,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--no-dashboard",
-                    "--scheduler-file",
-                    str(scheduler_file),
-                ],
-                env=env,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        )
+        spawn = partial(subprocess.Popen, env=env, stdout=log, stderr=log, start_new_session=True)
+        procs.append(spawn(scheduler))
         try:
             _wait_for_file(scheduler_file, procs[0], 60)
             address = json.loads(scheduler_file.read_text())["address"]
             for i in range(n_workers):
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "distributed.cli.dask_worker",
-                            address,
-                            "--host",
-                            "127.0.0.1",
-                            "--nthreads",
-                            str(nthreads),
-                            "--nworkers",
-                            "1",
-                            "--no-dashboard",
-                            "--name",
-                            f"worker-{i}",
-                            "--resources",
-                            "SLOT=1",
-                            "--local-directory",
-                            str(tmp / f"worker-{i}"),
-                        ],
-                        env=env,
-                        stdout=log,
-                        stderr=log,
-                        start_new_session=True,
-                    )
-                )
+                worker = [sys.executable, "-m", "distributed.cli.dask_worker", address]
+                worker += [
+                    "--host",
+                    "127.0.0.1",
+                    "--nworkers",
+                    "1",
+                    "--no-dashboard",
+                    "--resources",
+                    "SLOT=1",
+                ]
+                worker += ["--nthreads", str(nthreads), "--name", f"worker-{i}"]
+                worker += ["--local-directory", str(tmp / f"worker-{i}"), *(worker_args or [])]
+                procs.append(spawn(worker))
         except BaseException:
             stop_processes(procs)
             raise
@@ -163,12 +142,80 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
 @pytest.fixture(scope="session")
 def external_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalCluster]:
     """A scheduler and two 8-thread workers, started with the ``dask`` commands."""
-    tmp = tmp_path_factory.mktemp("external")
-    address, procs = start_external_cluster(tmp)
+    yield from _external_cluster(tmp_path_factory.mktemp("external"))
+
+
+@dataclass(frozen=True)
+class Certificates:
+    ca: Path
+    cert: Path
+    key: Path
+
+    def security(self) -> Security:
+        return Security(
+            tls_ca_file=str(self.ca),
+            tls_client_cert=str(self.cert),
+            tls_client_key=str(self.key),
+            require_encryption=True,
+        )
+
+
+def make_certificates(directory: Path) -> Certificates:
+    """A new CA and one certificate it signed for 127.0.0.1, used by both ends (mutual TLS)."""
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    paths = Certificates(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    ca.cert_pem.write_to_path(str(paths.ca))
+    issued.cert_chain_pems[0].write_to_path(str(paths.cert))
+    issued.private_key_pem.write_to_path(str(paths.key))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tls_certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="session")
+def tls_cluster(
+    tmp_path_factory: pytest.TempPathFactory, tls_certificates: Certificates
+) -> Iterator[ExternalCluster]:
+    """A scheduler and one worker speaking TLS only, with certificates made by the test."""
+    certs = tls_certificates
+    tls = ["--tls-ca-file", str(certs.ca), "--tls-cert", str(certs.cert)]
+    tls += ["--tls-key", str(certs.key)]
+    yield from _external_cluster(
+        tmp_path_factory.mktemp("tls"),
+        n_workers=1,
+        nthreads=2,
+        scheduler_args=["--protocol", "tls", *tls],
+        worker_args=tls,
+        security=certs.security(),
+    )
+
+
+def _external_cluster(
+    tmp: Path,
+    *,
+    n_workers: int = 2,
+    nthreads: int = 8,
+    scheduler_args: list[str] | None = None,
+    worker_args: list[str] | None = None,
+    security: Security | None = None,
+) -> Iterator[ExternalCluster]:
+    address, procs = start_external_cluster(
+        tmp,
+        n_workers=n_workers,
+        nthreads=nthreads,
+        scheduler_args=scheduler_args,
+        worker_args=worker_args,
+    )
     try:
-        observer = distributed.Client(address, timeout=60, set_as_default=False)
+        observer = distributed.Client(address, timeout=60, set_as_default=False, security=security)
         try:
-            observer.wait_for_workers(len(procs) - 1, timeout=60)
+            observer.wait_for_workers(n_workers, timeout=60)
             workers = sorted(observer.scheduler_info(n_workers=-1)["workers"])
             yield ExternalCluster(address, workers, procs, observer)
         finally:

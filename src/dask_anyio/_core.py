@@ -25,6 +25,7 @@ from dask.base import tokenize
 from dask.utils import apply, funcname, parse_timedelta
 from distributed.comm.core import CommClosedError
 from distributed.deploy.cluster import Cluster
+from distributed.security import Security
 
 __all__ = ["DaskCore", "SubmitOptions"]
 
@@ -141,6 +142,16 @@ class DaskCore:
 
     @staticmethod
     async def _connect(address: str, security: Any, connect_timeout: float) -> distributed.Client:
+        if security is None:
+            security = Security()  # what Dask's configuration says, as Client() would use
+        if address.startswith("tls://") and (
+            security.get_connection_args("client").get("ssl_context") is None
+        ):
+            raise ValueError(
+                f"{address!r} speaks TLS: pass security=Security(tls_ca_file=..., "
+                "tls_client_cert=..., tls_client_key=...) or set Dask's distributed.comm.tls "
+                "configuration"
+            )
         client = distributed.Client(
             address,
             asynchronous=True,
