@@ -154,3 +154,16 @@ async def test_run_cancelled_while_queued_behind_busy_slot(
 
 def _after(_blocker: object, path: str) -> str:
     return mark_started(path)
+
+
+async def test_many_handle_cancels_are_sent_together(external_cluster: ExternalCluster) -> None:
+    """A burst of cancel() calls reaches the cluster as one request; all are forgotten."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        # No worker has this resource: the tasks wait on the scheduler, holding no thread.
+        handles = [ex.submit(inc, i, resources={"ABSENT": 1}) for i in range(200)]
+        await ex.run(inc, 0)  # barrier: the scheduler knows them all
+        assert all(h.cancel() for h in handles)
+        assert len(ex._cancel_batch) == 200
+        await anyio.wait_all_tasks_blocked()  # the background flush took the whole batch
+        assert ex._cancel_batch == []
+    assert not {h.key for h in handles} & external_cluster.scheduler_keys()

@@ -104,7 +104,7 @@ async def test_observed_failure_is_not_raised_again(external_cluster: ExternalCl
         failed = ex.submit(raise_remote_only, "seen")
         with pytest.raises(RemoteOnlyError):
             await failed
-        cancelled = ex.submit(wait_for_event, "never-set")
+        cancelled = ex.submit(inc, 1, resources={"ABSENT": 1})  # never starts: no such worker
         cancelled.cancel()
     assert failed.status is TaskStatus.ERROR
     assert cancelled.status is TaskStatus.CANCELLED

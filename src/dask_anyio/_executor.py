@@ -11,11 +11,11 @@ import asyncio
 import enum
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from numbers import Number
 from types import TracebackType
-from typing import Any, ParamSpec, Self, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.abc
@@ -31,6 +31,7 @@ __all__ = ["DaskExecutor"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
 
 _SCALARS = (str, bytes, int, float, complex, bool, type(None))
 _REASON_SCOPE = "the scope that owned it was cancelled"
@@ -116,6 +117,7 @@ class DaskExecutor:
         self._handles: dict[str, TaskHandle[Any]] = {}
         self._released_keys: set[str] = set()
         self._background_errors: list[Exception] = []
+        self._cancel_batch: list[distributed.Future[Any]] = []
         self._core: DaskCore
         self._core_opened = False
         self._runner: CoreRunner
@@ -542,14 +544,8 @@ class DaskExecutor:
         self._released_keys.add(key)
         if len(self._released_keys) >= _CONFIRM_BATCH and self._state is _State.OPEN:
             keys, self._released_keys = self._released_keys, set()
-            self._tg.start_soon(self._confirm_in_background, keys)
-
-    async def _confirm_in_background(self, keys: set[str]) -> None:
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._runner.run(self._core.wait_forgotten, keys)
-            except Exception as error:  # a child of our task group must not fail the body
-                self._background_errors.append(error)
+            confirm = functools.partial(self._core.wait_forgotten, keys)
+            self._tg.start_soon(self._in_background, confirm)
 
     # -- cancelling ------------------------------------------------------------------------
 
@@ -559,14 +555,23 @@ class DaskExecutor:
         handle._cancel_requested = True
         if handle._event is not None:
             handle._event.set()
-        self._tg.start_soon(self._cancel_in_background, handle)
+        self._cancel_batch.append(handle._future)
+        if len(self._cancel_batch) == 1:  # the first of a burst: tell the cluster soon, once
+            self._tg.start_soon(self._flush_cancels)
         return True
 
-    async def _cancel_in_background(self, handle: TaskHandle[Any]) -> None:
+    async def _flush_cancels(self) -> None:
+        batch, self._cancel_batch = self._cancel_batch, []
+        await self._in_background(self._core.cancel, batch, _REASON_HANDLE)
+
+    async def _in_background(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> None:
+        """Run a core coroutine as a child of the executor's task group: shielded, so that
+        it finishes before the exit; its failure is raised at exit instead of cancelling the
+        body."""
         with anyio.CancelScope(shield=True):
             try:
-                await self._runner.run(self._core.cancel, [handle._future], _REASON_HANDLE)
-            except Exception as error:  # a child of our task group must not fail the body
+                await self._runner.run(fn, *args)
+            except Exception as error:
                 self._background_errors.append(error)
 
 
