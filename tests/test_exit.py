@@ -152,3 +152,18 @@ async def test_keys_released_by_run_are_confirmed_in_batches(
             assert await ex.run(inc, i) == i + 1
         assert len(ex._released_keys) == 1  # two batches of 3 went to the background
     assert external_cluster.scheduler_keys() == set()
+
+
+async def test_unobserved_failure_is_noted_on_error_exit(external_cluster: ExternalCluster) -> None:
+    """On an error exit the body's error propagates, with unobserved task failures noted."""
+
+    async def body() -> None:
+        async with DaskExecutor(external_cluster.address) as ex:
+            failed = ex.submit(raise_remote_only, "lost in the noise")
+            with pytest.raises(RemoteOnlyError):
+                await ex.retrieve(ex.submit(inc, failed))  # observes the dependent only
+            raise KeyError("body failed")
+
+    with pytest.raises(KeyError, match="body failed") as excinfo:
+        await body()
+    assert any("lost in the noise" in note for note in excinfo.value.__notes__)

@@ -186,12 +186,15 @@ class DaskExecutor:
                 if error is not None:
                     await self._cancel_outstanding()
                 released = await self._release_all()
-                if error is None:
-                    unobserved = [
-                        h._failure
-                        for h in released
-                        if h._failure is not None and not h._observed and not h._cancel_requested
-                    ]
+                unobserved = [
+                    h._failure
+                    for h in released
+                    if h._failure is not None
+                    and not h._observed
+                    and not h._cancel_requested
+                    # on an error exit, the executor itself cancelled what was pending
+                    and (error is None or h._final_status is TaskStatus.ERROR)
+                ]
         except Exception as cleanup_error:
             cleanup_errors.append(cleanup_error)
         finally:
@@ -204,9 +207,16 @@ class DaskExecutor:
             except Exception as cleanup_error:
                 cleanup_errors.append(cleanup_error)
         if error is not None:
-            # The body's error (or cancellation) wins; cleanup failures must not hide it.
+            # The body's error (or cancellation) wins; cleanup failures must not hide it, and
+            # task failures nobody saw are still told.
             for failed in cleanup_errors:
                 logger.warning("closing the DaskExecutor after %r failed", error, exc_info=failed)
+            if unobserved:
+                summary = "; ".join(f"{type(f).__name__}: {f}" for f in unobserved)
+                if isinstance(error, Exception):
+                    error.add_note(f"Also, tasks of the DaskExecutor failed unobserved: {summary}")
+                else:
+                    logger.warning("tasks of the DaskExecutor failed unobserved: %s", summary)
             if error is not exc:
                 raise error
             return None
