@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -35,6 +36,19 @@ async def test_run_cancelled_by_scope_forgets_remote_task(
         # run() returned only after the scheduler forgot the task: no waiting needed here.
         assert not [k for k in external_cluster.scheduler_keys() if k.startswith("sleep-")]
         assert await ex.run(inc, 1) == 2  # the executor keeps working
+
+
+async def test_run_in_cancelled_scope_forgets_task_not_yet_arrived(
+    external_cluster: ExternalCluster,
+) -> None:
+    """run() cancelled at once, before the scheduler even got the task: still forgotten."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        for _ in range(5):
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await ex.run(time.sleep, 0.5)
+            assert scope.cancelled_caught
+            assert not [k for k in external_cluster.scheduler_keys() if k.startswith("sleep-")]
 
 
 async def test_queued_tasks_of_cancelled_scope_never_start(
@@ -162,8 +176,14 @@ async def test_many_handle_cancels_are_sent_together(external_cluster: ExternalC
         # No worker has this resource: the tasks wait on the scheduler, holding no thread.
         handles = [ex.submit(inc, i, resources={"ABSENT": 1}) for i in range(200)]
         await ex.run(inc, 0)  # barrier: the scheduler knows them all
+        sent: list[int] = []
+        cancel = ex._core.cancel
+
+        async def counting_cancel(futures: Any, reason: str) -> None:
+            sent.append(len(futures))
+            await cancel(futures, reason)
+
+        ex._core.cancel = counting_cancel  # type: ignore[method-assign]
         assert all(h.cancel() for h in handles)
-        assert len(ex._cancel_batch) == 200
-        await anyio.wait_all_tasks_blocked()  # the background flush took the whole batch
-        assert ex._cancel_batch == []
+    assert sent == [200]
     assert not {h.key for h in handles} & external_cluster.scheduler_keys()

@@ -167,3 +167,27 @@ async def test_unobserved_failure_is_noted_on_error_exit(external_cluster: Exter
     with pytest.raises(KeyError, match="body failed") as excinfo:
         await body()
     assert any("lost in the noise" in note for note in excinfo.value.__notes__)
+
+
+async def test_cancel_while_exit_waits(external_cluster: ExternalCluster) -> None:
+    """A sibling may still cancel a handle that the exit is waiting for."""
+    gate = f"gate-{uuid.uuid4()}"
+    results: list[bool] = []
+    async with anyio.create_task_group() as tg:
+
+        async def body() -> None:
+            async with DaskExecutor(external_cluster.address) as ex:
+                handle = ex.submit(wait_for_event, gate)
+                handles.append(handle)
+                submitted.set()
+
+        handles: list[TaskHandle[str]] = []
+        submitted = anyio.Event()
+        tg.start_soon(body)
+        await submitted.wait()
+        await anyio.wait_all_tasks_blocked()  # body waits in the exit
+        results.append(handles[0].cancel())
+    assert results == [True]
+    assert handles[0].status is TaskStatus.CANCELLED
+    async with DaskExecutor(external_cluster.address) as ex:
+        await ex.run(set_event, gate)

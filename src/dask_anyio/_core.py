@@ -284,28 +284,41 @@ class DaskCore:
     async def wait_forgotten(
         self, keys: Collection[Any], give_up_after: float = FORGET_TIMEOUT
     ) -> None:
-        """Wait until the scheduler holds none of ``keys``.
+        """Wait until the scheduler has forgotten ``keys``.
 
-        Cancelling and releasing keys are one-way messages in Dask; the only acknowledgement
-        is to ask the scheduler. Polls with a short, growing interval for ``give_up_after``
-        seconds, then
-        warns with the keys still held (for example, keys another client also wants).
+        Cancelling and releasing keys are one-way messages in Dask, sent on the client's
+        batched stream; the only acknowledgement is to ask the scheduler, over another
+        connection. A key the scheduler does not hold may therefore be one it has not
+        *received yet* (a task cancelled just after its submit): such a key counts as
+        forgotten only when it is absent after the scheduler was seen holding it or its
+        transition log showed that it existed. Polls with a short, growing interval for
+        ``give_up_after`` seconds, then warns with the keys still held (for example, keys
+        another client also wants).
         """
         remaining = list(keys)
         if not remaining or self.client.status != "running":
             return
+        scheduler = self.client.scheduler
+        assert scheduler is not None
+        seen: set[Any] = set()
         delay = 0.002
         loop = asyncio.get_running_loop()
         deadline = loop.time() + give_up_after
         while True:
-            scheduler = self.client.scheduler
-            assert scheduler is not None
             try:
                 states = await scheduler.get_task_status(keys=remaining)
+                held = [k for k, state in states.items() if state not in (None, "forgotten")]
+                seen.update(held)
+                absent = [k for k in remaining if k not in seen and k not in held]
+                if absent:  # gone, or not arrived yet? The transition log tells if it existed;
+                    # the next poll, if it is still there (it may have arrived just now).
+                    story = await scheduler.get_story(keys_or_stimuli=absent)
+                    seen.update(transition[0] for transition in story)
+                    held += absent
             except (OSError, CommClosedError):
                 logger.debug("scheduler unreachable while releasing keys", exc_info=True)
                 return
-            remaining = [k for k, state in states.items() if state not in (None, "forgotten")]
+            remaining = held
             if not remaining:
                 return
             if loop.time() >= deadline:

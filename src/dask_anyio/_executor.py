@@ -560,7 +560,9 @@ class DaskExecutor:
     # -- cancelling ------------------------------------------------------------------------
 
     def _cancel_handle(self, handle: TaskHandle[Any]) -> bool:
-        if handle.done() or self._state is not _State.OPEN:
+        # While CLOSING the task group is still open (the exit may be waiting for this very
+        # handle); once CLOSED every handle is frozen, hence done.
+        if handle.done() or self._state is _State.CLOSED:
             return False
         handle._cancel_requested = True
         if handle._event is not None:
