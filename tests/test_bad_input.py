@@ -133,3 +133,16 @@ async def test_client_argument(external_cluster: ExternalCluster, anyio_backend_
     with pytest.raises(ValueError, match="running asynchronous Client"):
         async with DaskExecutor(client=external_cluster.observer):
             pass
+
+
+async def test_use_from_another_thread_is_refused(external_cluster: ExternalCluster) -> None:
+    """submit() and cancel() from a worker thread raise RuntimeError instead of racing."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        handle = ex.submit(inc, 1)
+        with pytest.raises(RuntimeError, match=r"anyio\.from_thread"):
+            await anyio.to_thread.run_sync(ex.submit, inc, 1)
+        with pytest.raises(RuntimeError, match=r"anyio\.from_thread"):
+            await anyio.to_thread.run_sync(handle.cancel)
+        from_thread = await anyio.to_thread.run_sync(anyio.from_thread.run_sync, ex.submit, inc, 2)
+        assert await ex.retrieve(from_thread) == 3
+        assert await ex.retrieve(handle) == 2

@@ -11,6 +11,7 @@ import asyncio
 import enum
 import functools
 import math
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from numbers import Number
@@ -123,6 +124,7 @@ class DaskExecutor:
         self._runner: CoreRunner
         self._tg: anyio.abc.TaskGroup
         self._stack: AsyncExitStack
+        self._owner_thread = 0
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -138,6 +140,7 @@ class DaskExecutor:
             await self._runner.run(self._open_core)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._stack = stack.pop_all()
+        self._owner_thread = threading.get_ident()
         self._state = _State.OPEN
         return self
 
@@ -251,6 +254,11 @@ class DaskExecutor:
 
     def _check_open(self) -> None:
         if self._state is _State.OPEN:
+            if threading.get_ident() != self._owner_thread:
+                raise RuntimeError(
+                    "a DaskExecutor is used from the thread of the event loop that entered it; "
+                    "from another thread, go through anyio.from_thread"
+                )
             return
         if self._state is _State.NEW:
             raise RuntimeError(
@@ -564,6 +572,8 @@ class DaskExecutor:
         # handle); once CLOSED every handle is frozen, hence done.
         if handle.done() or self._state is _State.CLOSED:
             return False
+        if self._state is _State.OPEN:
+            self._check_open()  # the right thread
         handle._cancel_requested = True
         if handle._event is not None:
             handle._event.set()
