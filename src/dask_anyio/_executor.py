@@ -330,7 +330,7 @@ class DaskExecutor:
         kwargs: dict[str, Any],
         options: dict[str, Any],
     ) -> TaskHandle[T]:
-        self._check_open()
+        """Submit on an open executor (checked by the caller)."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {fn!r}")
         future = self._core.submit(fn, self._unwrap(args), self._unwrap(kwargs), options)
@@ -365,7 +365,7 @@ class DaskExecutor:
         )
         if key is not None:
             options["key"] = key
-        columns = [list(self._unwrap(list(it))) for it in iterables]
+        columns = [self._unwrap(list(it)) for it in iterables]
         futures = self._core.map(fn, columns, self._unwrap(kwargs), options)
         return [self._adopt(f) for f in futures]
 
@@ -535,6 +535,7 @@ class DaskExecutor:
         scheduler has forgotten the task. Its key is released when the call returns.
         Raises the task's own exception if it failed.
         """
+        self._check_open()
         handle = self._submit(fn, args, kwargs, _RUN_OPTIONS)
         handle._observed = True
         try:
