@@ -136,7 +136,10 @@ class DaskCore:
             # A half-started cluster cannot be closed: let the start finish (or fail) first.
             with contextlib.suppress(Exception):
                 await starting
-            await cast(Awaitable[Any], cluster.close())
+            try:
+                await cast(Awaitable[Any], cluster.close())
+            except Exception:  # keep the reason it did not start
+                logger.warning("could not close a LocalCluster that failed to start", exc_info=True)
             raise
         return cluster
 
