@@ -191,3 +191,14 @@ async def test_cancel_while_exit_waits(external_cluster: ExternalCluster) -> Non
     assert handles[0].status is TaskStatus.CANCELLED
     async with DaskExecutor(external_cluster.address) as ex:
         await ex.run(set_event, gate)
+
+
+async def test_repeated_open_close_leaves_nothing(
+    external_cluster: ExternalCluster, no_leaks: Snapshot
+) -> None:
+    """Ten open/use/close cycles: no thread, fd, process or scheduler key stays behind."""
+    for i in range(10):
+        async with DaskExecutor(external_cluster.address) as ex:
+            assert await ex.run(inc, i) == i + 1
+            ex.submit(inc, i)
+    assert external_cluster.scheduler_keys() == set()
