@@ -240,13 +240,19 @@ def snapshot() -> Snapshot:
     )
 
 
-def new_threads(before: Snapshot) -> list[str]:
-    """Threads started since ``before`` that are still alive, other than Dask's global ones."""
-    return [
-        t.name
+def new_threads(before: Snapshot, grace: float = 10.0) -> list[str]:
+    """Threads started since ``before`` that are still alive after ``grace`` seconds, other
+    than the process-wide ones. (Dask's watcher of a worker process ends only once that
+    process has been reaped, a moment after the cluster closed: join, do not guess.)"""
+    deadline = time.monotonic() + grace
+    started = [
+        t
         for t in threading.enumerate()
         if t.ident not in before.threads and not t.name.startswith(PROCESS_WIDE_THREADS)
     ]
+    for thread in started:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in started if t.is_alive()]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -263,9 +269,9 @@ async def no_leaks() -> AsyncIterator[Snapshot]:
     Async, so that the event loop of the test (and its file descriptors) exists already."""
     before = snapshot()
     yield before
-    assert new_threads(before) == []
     me = psutil.Process()
     children = [c for c in me.children(recursive=True) if c.pid not in before.children]
     _, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
+    assert new_threads(before) == []
     assert me.num_fds() <= before.fds
