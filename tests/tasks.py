@@ -106,3 +106,8 @@ async def cancel_itself() -> None:
     import asyncio
 
     raise asyncio.CancelledError
+
+
+def make_bytes(size: int) -> bytes:
+    """``size`` bytes, not all alike."""
+    return bytes(range(256)) * (size // 256)

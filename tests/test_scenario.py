@@ -164,3 +164,14 @@ async def test_embedded_cluster_with_threads_only() -> None:
     """processes=False gives an in-process LocalCluster (inproc://, no TCP listener)."""
     async with DaskExecutor(processes=False, n_workers=1, threads_per_worker=1) as ex:
         assert await ex.run(operator.add, 1, 1) == 2
+
+
+async def test_large_result(external_cluster: ExternalCluster) -> None:
+    """A 64 MiB result arrives whole (Dask deserialises it off the loop, also under trio)."""
+    from .tasks import make_bytes
+
+    size = 64 * 1024 * 1024
+    async with DaskExecutor(external_cluster.address) as ex:
+        data = await ex.run(make_bytes, size)
+        assert len(data) == size
+        assert data[:256] == bytes(range(256))
