@@ -197,25 +197,13 @@ def tls_cluster(
 
 
 def _external_cluster(
-    tmp: Path,
-    *,
-    n_workers: int = 2,
-    nthreads: int = 8,
-    scheduler_args: list[str] | None = None,
-    worker_args: list[str] | None = None,
-    security: Security | None = None,
+    tmp: Path, *, security: Security | None = None, **options: Any
 ) -> Iterator[ExternalCluster]:
-    address, procs = start_external_cluster(
-        tmp,
-        n_workers=n_workers,
-        nthreads=nthreads,
-        scheduler_args=scheduler_args,
-        worker_args=worker_args,
-    )
+    address, procs = start_external_cluster(tmp, **options)
     try:
         observer = distributed.Client(address, timeout=60, set_as_default=False, security=security)
         try:
-            observer.wait_for_workers(n_workers, timeout=60)
+            observer.wait_for_workers(len(procs) - 1, timeout=60)  # all but the scheduler
             workers = sorted(observer.scheduler_info(n_workers=-1)["workers"])
             yield ExternalCluster(address, workers, procs, observer)
         finally:

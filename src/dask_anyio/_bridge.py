@@ -20,7 +20,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar, TypeVarTuple
+from typing import Protocol, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.lowlevel
@@ -151,8 +151,10 @@ class _SameLoopRunner:
         return await _run_as_core_task(self.front, self.core, fn, *args)
 
 
-class _LoopThreadRunner:
-    """trio: the core runs on a private asyncio loop in a thread that this runner owns."""
+class _LoopThreadRunner(_SameLoopRunner):
+    """trio: the core runs on a private asyncio loop in a thread that this runner owns.
+
+    Running a core call is the same as on one loop; only the loop's lifetime differs."""
 
     def __init__(self, front: LoopToken) -> None:
         self.front = front
@@ -194,9 +196,6 @@ class _LoopThreadRunner:
         # The thread has closed its loop and made its last call: this join is immediate.
         self._thread.join()
 
-    async def run(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-        return await _run_as_core_task(self.front, self.core, fn, *args)
-
 
 @asynccontextmanager
 async def open_core_runner() -> AsyncIterator[CoreRunner]:
@@ -205,8 +204,8 @@ async def open_core_runner() -> AsyncIterator[CoreRunner]:
     Under asyncio (any asyncio loop, uvloop included) the core shares the caller's loop. Under
     trio a private asyncio loop thread is started here and joined when the context exits.
     """
-    front = current_loop_token()
-    native: Any = anyio.lowlevel.current_token().native_token
+    native = anyio.lowlevel.current_token().native_token
+    front = LoopToken(native)
     if isinstance(native, asyncio.AbstractEventLoop):
         yield _SameLoopRunner(front)
         return
