@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import distributed
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 
 def slow_identity(x: Any, delay: float = 0.05) -> Any:
@@ -111,3 +112,43 @@ async def cancel_itself() -> None:
 def make_bytes(size: int) -> bytes:
     """``size`` bytes, not all alike."""
     return bytes(range(256)) * (size // 256)
+
+
+def gated(item: Any) -> Any:
+    """Return ``item``; for ``("wait", name)``, first wait for the event ``name``."""
+    if isinstance(item, tuple) and item[0] == "wait":
+        distributed.Event(item[1]).wait()
+    return item
+
+
+def fail_on(item: int, bad: int) -> int:
+    """Return ``item``, or raise ``RemoteOnlyError`` if it is ``bad``."""
+    if item == bad:
+        raise RemoteOnlyError(f"item {item} is bad")
+    return item
+
+
+class KeyCounter(SchedulerPlugin):
+    """On the scheduler: the most keys starting with ``prefix`` held at any one moment."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.held: set[str] = set()
+        self.max_held = 0
+        self.created = 0
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if not str(key).startswith(self.prefix):
+            return
+        if finish == "forgotten":
+            self.held.discard(str(key))
+        else:
+            if str(key) not in self.held:
+                self.created += 1
+            self.held.add(str(key))
+        self.max_held = max(self.max_held, len(self.held))
+
+
+def key_counts(dask_scheduler: Any, name: str) -> dict[str, int]:
+    plugin = dask_scheduler.plugins[name]
+    return {"max_held": plugin.max_held, "held": len(plugin.held), "created": plugin.created}

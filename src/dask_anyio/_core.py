@@ -183,6 +183,11 @@ class DaskCore:
             await self.cluster.close()
 
     @property
+    def scheduler_address(self) -> str | None:
+        scheduler = self.client.scheduler
+        return None if scheduler is None else str(scheduler.address)
+
+    @property
     def dashboard_link(self) -> str | None:
         link = self.client.dashboard_link
         return link if isinstance(link, str) else None
@@ -259,16 +264,74 @@ class DaskCore:
             raise
         return futures
 
+    def compute(self, collection: Any) -> distributed.Future[Any]:
+        """Submit a Dask collection's graph; return the future of its result.
+
+        Thread-safe, and meant to be called from a worker thread: Dask optimises the graph
+        in the calling thread, which may take long for a big graph.
+        """
+        future: distributed.Future[Any] = self.client.compute(collection, sync=False)
+        return future
+
+    def persist(self, collection: Any) -> tuple[Any, list[distributed.Future[Any]]]:
+        """Submit a Dask collection's graph; return the persisted collection and its futures.
+
+        Thread-safe; call it from a worker thread, as :meth:`compute`.
+        """
+        persisted = self.client.persist(collection)
+        return persisted, list(distributed.futures_of(persisted))
+
     @staticmethod
     def release(future: distributed.Future[Any]) -> None:
         """Drop our reference to ``future``'s key. Thread-safe; the scheduler is told later."""
         future.release()
+
+    async def release_before_next_submit(self, futures: Iterable[distributed.Future[Any]]) -> None:
+        """Release ``futures`` so that the scheduler forgets them before any later submit.
+
+        Dask sends releases and submissions on one ordered stream, and queues a release on
+        the client's loop only once its reference count dropped: wait for that, and a submit
+        made after this returns reaches the scheduler after the release.
+        """
+        keys = set()
+        for future in futures:
+            future.release()
+            keys.add(future.key)
+        for _ in range(100):  # a few loop turns; bounded in case Dask changes
+            if keys.isdisjoint(self.client.refcount):
+                return
+            await asyncio.sleep(0)
 
     # -- coroutines (core loop only) -------------------------------------------------------
 
     async def result(self, future: distributed.Future[Any]) -> Any:
         """Fetch the value of a finished future."""
         return await future.result()
+
+    async def gather(self, futures: list[distributed.Future[Any]]) -> list[Any]:
+        """Fetch the values of finished futures, in one request per worker."""
+        if not futures:
+            return []
+        values: list[Any] = await self.client.gather(futures)
+        return values
+
+    async def scatter(self, data: list[Any] | dict[Any, Any], broadcast: bool) -> Any:
+        """Send ``data`` to the workers; return futures in the same shape.
+
+        The scheduler registers the data even if the caller stops waiting: a cancelled
+        scatter finishes, then releases what it sent.
+        """
+        task = asyncio.ensure_future(self.client.scatter(data, broadcast=broadcast, hash=False))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                sent = await task
+                futures = list(sent.values() if isinstance(sent, dict) else sent)
+                for future in futures:
+                    future.release()
+                await self.wait_forgotten({f.key for f in futures})
+            raise
 
     async def exception(self, future: distributed.Future[Any]) -> BaseException:
         """Return the remote exception of an erred future, carrying its remote traceback."""

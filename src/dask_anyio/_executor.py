@@ -12,25 +12,32 @@ import enum
 import functools
 import math
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterable, Awaitable, Callable, Hashable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from numbers import Number
 from types import TracebackType
-from typing import Any, ParamSpec, Self, TypeVar, TypeVarTuple
+from typing import Any, Literal, ParamSpec, Self, TypeVar, TypeVarTuple, overload
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 import distributed
+from dask.base import is_dask_collection
 from distributed.deploy.cluster import Cluster
 
 from ._bridge import CoreRunner, open_core_runner
 from ._core import DaskCore, logger
-from ._handle import TaskCancelled, TaskHandle, TaskStatus
+from ._handle import ExecutorStatistics, SchedulerLost, TaskCancelled, TaskHandle, TaskStatus
+from ._streams import AsCompleted, ResultStream, _Stream
 
 __all__ = ["DaskExecutor"]
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+C = TypeVar("C")
 P = ParamSpec("P")
 Ts = TypeVarTuple("Ts")
 
@@ -38,12 +45,16 @@ _SCALARS = (str, bytes, int, float, complex, bool, type(None))
 _REASON_SCOPE = "the scope that owned it was cancelled"
 _REASON_HANDLE = "TaskHandle.cancel() was called"
 _REASON_EXIT = "the DaskExecutor exited with an error"
+#: The reason Dask gives to futures cancelled because the scheduler connection was lost.
+_REASON_SCHEDULER_LOST = "scheduler-connection-lost"
 #: How often to look at a task whose value was lost with a worker (rare).
 _LOST_RECHECK = 0.1
 #: How many keys released by run() to confirm with the scheduler at once.
 _CONFIRM_BATCH = 1000
 #: run() takes no options: all its keyword arguments are the function's.
 _RUN_OPTIONS: dict[str, Any] = {"pure": False}
+#: Left out of a gathered structure (errors="skip").
+_SKIP: Any = object()
 
 
 class _State(enum.Enum):
@@ -119,6 +130,9 @@ class DaskExecutor:
         self._released_keys: set[str] = set()
         self._background_errors: list[Exception] = []
         self._cancel_batch: list[distributed.Future[Any]] = []
+        self._streams: set[_Stream] = set()
+        self._submitted = 0
+        self._outcomes: Counter[TaskStatus] = Counter()
         self._core: DaskCore
         self._core_opened = False
         self._runner: CoreRunner
@@ -175,6 +189,8 @@ class DaskExecutor:
         tb: TracebackType | None,
     ) -> bool | None:
         self._state = _State.CLOSING
+        for stream in list(self._streams):  # nobody reads them any more
+            await stream.aclose()
         error = exc
         if error is None:
             try:
@@ -239,8 +255,10 @@ class DaskExecutor:
         released = list(self._handles.values())
         for handle in released:
             await self._freeze(handle)
+            self._outcomes[handle.status] += 1
             self._core.release(handle._future)
             self._released_keys.add(handle.key)
+            self._notify(handle)
         self._handles.clear()
         keys, self._released_keys = self._released_keys, set()
         await self._runner.run(self._core.wait_forgotten, keys)
@@ -430,17 +448,12 @@ class DaskExecutor:
 
     def _unwrap(self, obj: Any) -> Any:
         """Replace our handles in ``obj`` (recursively in lists, tuples, sets and dicts)."""
-        if isinstance(obj, _SCALARS):
-            return obj
-        if isinstance(obj, TaskHandle):
-            if obj._executor is not self:
-                raise ValueError(f"{obj!r} belongs to another DaskExecutor")
-            return obj._future
-        if type(obj) in (list, tuple, set, frozenset):
-            return type(obj)(self._unwrap(x) for x in obj)
-        if type(obj) is dict:
-            return {k: self._unwrap(v) for k, v in obj.items()}
-        return obj
+        return _map_handles(obj, self._future_of)
+
+    def _future_of(self, handle: TaskHandle[Any]) -> distributed.Future[Any]:
+        if handle._executor is not self:
+            raise ValueError(f"{handle!r} belongs to another DaskExecutor")
+        return handle._future
 
     def _adopt(self, future: distributed.Future[Any]) -> TaskHandle[Any]:
         handle: TaskHandle[Any] = TaskHandle(self, future)
@@ -449,7 +462,41 @@ class DaskExecutor:
             self._core.release(future)
             return existing
         self._handles[handle.key] = handle
+        self._submitted += 1
         return handle
+
+    def _forget_handle(self, handle: TaskHandle[Any], *, release: bool = True) -> bool:
+        """Stop owning ``handle``: freeze its status, count its outcome, release its key."""
+        if self._handles.pop(handle.key, None) is None:
+            return False
+        handle._final_status = handle.status
+        self._outcomes[handle._final_status] += 1
+        if release:
+            self._core.release(handle._future)
+        return True
+
+    async def _forget_handles(self, handles: list[TaskHandle[Any]], reason: str) -> None:
+        """Cancel the pending ones on the cluster, release them all; return once the
+        scheduler forgot them. Call it shielded."""
+        pending = [h for h in handles if not h.done()]
+        for handle in pending:
+            handle._cancel_requested = True
+            self._notify(handle)
+        try:
+            await self._runner.run(self._core.cancel, [h._future for h in pending], reason)
+        except Exception:  # the exit confirms the release again
+            logger.warning("could not cancel %d tasks on the cluster", len(pending), exc_info=True)
+            pending = []
+        cancelled = {h.key for h in pending}
+        released = [h.key for h in handles if self._forget_handle(h) and h.key not in cancelled]
+        try:
+            await self._runner.run(self._core.wait_forgotten, released)
+        except Exception:  # the exit confirms the release again
+            logger.warning("could not release %d tasks", len(released), exc_info=True)
+            self._confirm_released(*released)
+
+    def _accepts_background(self) -> bool:
+        return self._state in (_State.OPEN, _State.CLOSING)
 
     def _check_handle(self, handle: TaskHandle[Any]) -> None:
         if not isinstance(handle, TaskHandle):
@@ -465,21 +512,63 @@ class DaskExecutor:
         await self._raise_if_failed(handle)
 
     async def _wait_done(self, handle: TaskHandle[Any]) -> None:
+        """Wait until ``handle`` is done. Checkpoint; cancelling it only stops the waiting."""
         await anyio.lowlevel.checkpoint()
-        while not handle.done():
-            event = handle._event
-            if event is not None and event.is_set():
-                # Lost with a worker: Dask's done-callback fires at once for a lost task, so
-                # look again after a pause until Dask has recomputed it.
-                await anyio.sleep(_LOST_RECHECK)
-            if event is None or event.is_set():
-                event = handle._event = anyio.Event()
-                handle._future.add_done_callback(functools.partial(self._on_future_done, event))
+        if handle.done():
+            return
+        event = anyio.Event()
+        self._watch(handle, event.set)
+        try:
             await event.wait()
+        finally:
+            self._unwatch(handle, event.set)
 
-    def _on_future_done(self, event: anyio.Event, _future: object) -> None:
+    def _watch(self, handle: TaskHandle[Any], callback: Callable[[], object]) -> None:
+        """Call ``callback()`` on the front loop once ``handle`` is done: at once if it is.
+
+        One Dask done-callback per handle serves every watcher (waiters, as_completed, imap).
+        """
+        if handle.done():
+            callback()
+            return
+        handle._watchers.append(callback)
+        if not handle._registered:
+            handle._registered = True
+            handle._future.add_done_callback(functools.partial(self._on_future_done, handle))
+
+    @staticmethod
+    def _unwatch(handle: TaskHandle[Any], callback: Callable[[], object]) -> None:
+        if callback in handle._watchers:
+            handle._watchers.remove(callback)
+
+    def _on_future_done(self, handle: TaskHandle[Any], _future: object) -> None:
         # On Dask's callback thread: hand over to the caller's loop, touch nothing here.
-        self._runner.front.run_sync_soon(event.set)
+        self._runner.front.run_sync_soon(self._settle, handle)
+
+    def _settle(self, handle: TaskHandle[Any]) -> None:
+        """On the front loop, after Dask's future changed state: tell the watchers if done."""
+        handle._registered = False
+        if handle.done():
+            self._notify(handle)
+        elif handle._watchers:
+            if handle.status is TaskStatus.LOST and self._state is not _State.CLOSED:
+                # Dask's done-callback fires at once for a task lost with a worker: look
+                # again after a pause, until Dask has recomputed it.
+                self._tg.start_soon(self._recheck_lost, handle)
+            else:
+                handle._registered = True
+                handle._future.add_done_callback(functools.partial(self._on_future_done, handle))
+
+    async def _recheck_lost(self, handle: TaskHandle[Any]) -> None:
+        await anyio.sleep(_LOST_RECHECK)
+        if not handle._registered:
+            self._settle(handle)
+
+    @staticmethod
+    def _notify(handle: TaskHandle[Any]) -> None:
+        watchers, handle._watchers = handle._watchers, []
+        for callback in watchers:
+            callback()
 
     async def _failure_of(self, handle: TaskHandle[Any]) -> Exception | None:
         """What ``await handle`` raises for a done task: its remote exception or
@@ -502,7 +591,10 @@ class DaskExecutor:
             failure.__cause__ = error
             return failure
         if status is TaskStatus.CANCELLED:
-            return TaskCancelled(handle.key, await self._runner.run(_cancel_reason, handle._future))
+            reason = await self._runner.run(_cancel_reason, handle._future)
+            if reason == _REASON_SCHEDULER_LOST:
+                return SchedulerLost(handle.key, self._core.scheduler_address)
+            return TaskCancelled(handle.key, reason)
         return None
 
     async def _raise_if_failed(self, handle: TaskHandle[Any]) -> None:
@@ -533,37 +625,275 @@ class DaskExecutor:
         Checkpoint. The task is bound to this call: if the caller's scope is cancelled, the
         task is cancelled on the cluster, and the cancellation propagates only once the
         scheduler has forgotten the task. Its key is released when the call returns.
-        Raises the task's own exception if it failed.
+        Raises the task's own exception if it failed. All keyword arguments go to ``fn``:
+        for Dask's options, use :meth:`submit` and :meth:`retrieve`.
         """
         self._check_open()
         handle = self._submit(fn, args, kwargs, _RUN_OPTIONS)
+        value: T = await self._result_of_call(handle)
+        return value
+
+    async def _result_of_call(self, handle: TaskHandle[Any]) -> Any:
+        """Wait for and return the value of a task that belongs to this call (see run())."""
         handle._observed = True
         try:
             await self._wait(handle)
             return await self._runner.run(self._core.result, handle._future)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                handle._cancel_requested = True
-                try:
-                    await self._runner.run(self._core.cancel, [handle._future], _REASON_SCOPE)
-                except Exception:  # the caller's cancellation wins; the exit retries the release
-                    logger.warning("could not cancel %s on the cluster", handle.key, exc_info=True)
-                    self._confirm_released(handle.key)
+                await self._forget_handles([handle], _REASON_SCOPE)
             raise
         finally:
-            if self._handles.pop(handle.key, None) is not None:
-                handle._final_status = handle.status
-                self._core.release(handle._future)
-                if not handle._cancel_requested:
-                    self._confirm_released(handle.key)
+            if self._forget_handle(handle):
+                self._confirm_released(handle.key)
 
-    def _confirm_released(self, key: str) -> None:
-        """Remember a released key, to confirm with the scheduler that it was forgotten: at
+    async def compute(self, collection: Any, /) -> Any:
+        """Compute a Dask collection on the cluster and return its value.
+
+        Checkpoint. ``collection`` is anything Dask can compute: ``dask.delayed`` objects,
+        ``dask.array``, ``dask.bag``, ``dask.dataframe`` (with pandas installed). Dask builds
+        and optimises the graph in a worker thread, so the event loop stays responsive. As
+        with :meth:`run`, the tasks belong to this call: cancelling the caller cancels them
+        on the cluster, and returning releases them.
+
+        :raises TypeError: if ``collection`` is not a Dask collection.
+        """
+        self._check_open()
+        _check_collection(collection, "compute")
+        future = await anyio.to_thread.run_sync(self._core.compute, collection)
+        return await self._result_of_call(self._adopt(future))
+
+    async def persist(self, collection: C, /) -> C:
+        """Start computing a Dask collection on the cluster; return it backed by that work.
+
+        Checkpoint (the graph is built in a worker thread). The returned collection holds
+        futures that this executor owns, as it owns handles: the exit waits for them (or
+        cancels them on error) and releases them. Compute on it with :meth:`compute`, while
+        the executor is open. Cancelling the caller does not cancel the persisted work.
+
+        :raises TypeError: if ``collection`` is not a Dask collection.
+        """
+        self._check_open()
+        _check_collection(collection, "persist")
+        persisted, futures = await anyio.to_thread.run_sync(self._core.persist, collection)
+        for future in futures:
+            self._adopt(future)
+        result: C = persisted
+        return result
+
+    async def gather(self, handles: Any, /, *, errors: Literal["raise", "skip"] = "raise") -> Any:
+        """Return the values of the tasks behind ``handles``, in the same structure.
+
+        Checkpoint. ``handles`` is a handle or a list, tuple, set or dict (nested at will)
+        with handles in it; other objects are returned as they are. Values are transferred in
+        one request per worker. With ``errors="raise"`` the first failure found (a task's
+        exception or :exc:`TaskCancelled`) is raised as soon as it is known; with
+        ``errors="skip"`` failed and cancelled tasks are left out of lists, tuples and sets,
+        their entries out of dicts (a lone failed handle gives ``None``). Cancelling the
+        caller stops the waiting, not the tasks.
+        """
+        self._check_open()
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        found: dict[str, TaskHandle[Any]] = {}
+
+        def collect(handle: TaskHandle[Any]) -> None:
+            self._future_of(handle)  # checks the owner
+            found[handle.key] = handle
+
+        _map_handles(handles, collect)
+        waiting: AsCompleted[TaskHandle[Any]] = AsCompleted(
+            self, found.values(), with_results=False, raise_errors=True
+        )
+        failed: set[str] = set()
+        try:
+            async for handle in waiting:
+                failure = await self._failure_of(handle)
+                if failure is not None:
+                    handle._observed = True
+                    if errors == "raise":
+                        raise failure
+                    failed.add(handle.key)
+        finally:
+            waiting._detach()
+        keys = [k for k in found if k not in failed]
+        values = await self._runner.run(self._core.gather, [found[k]._future for k in keys])
+        lookup = dict(zip(keys, values, strict=True))
+        result = _map_handles(handles, lambda h: _SKIP if h.key in failed else lookup[h.key])
+        return None if result is _SKIP else result
+
+    @overload
+    async def scatter(  # type: ignore[overload-overlap]
+        self, data: list[T], /, *, broadcast: bool = False
+    ) -> list[TaskHandle[T]]: ...
+    @overload
+    async def scatter(  # type: ignore[overload-overlap]
+        self, data: dict[K, T], /, *, broadcast: bool = False
+    ) -> dict[K, TaskHandle[T]]: ...
+    @overload
+    async def scatter(self, data: T, /, *, broadcast: bool = False) -> TaskHandle[T]: ...
+    async def scatter(self, data: Any, /, *, broadcast: bool = False) -> Any:
+        """Send data to the workers; return handles to pass to later tasks.
+
+        Checkpoint. A list gives a list of handles, a dict a dict of handles (same keys);
+        anything else, tuples included, is sent as one object and gives one handle. Every
+        item gets its own key. ``broadcast=True`` copies the data to every worker. The
+        executor owns the handles, as those of :meth:`submit`. If the caller is cancelled,
+        the transfer finishes and is then released.
+        """
+        self._check_open()
+        if not isinstance(broadcast, bool):
+            raise TypeError(f"broadcast must be True or False, not {broadcast!r}")
+        if type(data) is list:
+            futures = await self._runner.run(self._core.scatter, data, broadcast)
+            return [self._adopt(f) for f in futures]
+        if type(data) is dict:
+            names = list(data)
+            futures = await self._runner.run(self._core.scatter, list(data.values()), broadcast)
+            return {name: self._adopt(f) for name, f in zip(names, futures, strict=True)}
+        futures = await self._runner.run(self._core.scatter, [data], broadcast)
+        return self._adopt(futures[0])
+
+    # -- iterating -------------------------------------------------------------------------
+
+    @overload
+    def as_completed(
+        self,
+        handles: Iterable[TaskHandle[T]] = (),
+        /,
+        *,
+        with_results: Literal[False] = False,
+        raise_errors: bool = True,
+    ) -> AsCompleted[TaskHandle[T]]: ...
+    @overload
+    def as_completed(
+        self,
+        handles: Iterable[TaskHandle[T]] = (),
+        /,
+        *,
+        with_results: Literal[True],
+        raise_errors: Literal[True] = True,
+    ) -> AsCompleted[tuple[TaskHandle[T], T]]: ...
+    @overload
+    def as_completed(
+        self,
+        handles: Iterable[TaskHandle[T]] = (),
+        /,
+        *,
+        with_results: Literal[True],
+        raise_errors: Literal[False],
+    ) -> AsCompleted[tuple[TaskHandle[T], T | Exception]]: ...
+    def as_completed(
+        self,
+        handles: Iterable[TaskHandle[Any]] = (),
+        /,
+        *,
+        with_results: bool = False,
+        raise_errors: bool = True,
+    ) -> AsCompleted[Any]:
+        """Iterate over ``handles`` as their tasks finish: ``async for h in ex.as_completed(hs)``.
+
+        A plain call; iterating is a checkpoint. Failed and cancelled tasks are yielded too.
+        Add handles while iterating with :meth:`AsCompleted.add`. With ``with_results=True``
+        it yields ``(handle, value)`` pairs, transferring each value; a failed task then
+        raises its exception from the iteration, or, with ``raise_errors=False``, is yielded
+        as ``(handle, exception)``. Cancelling the iteration only stops the waiting.
+        """
+        self._check_open()
+        return AsCompleted(
+            self, handles, with_results=bool(with_results), raise_errors=bool(raise_errors)
+        )
+
+    def imap(
+        self,
+        fn: Callable[[Any], T],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        /,
+        *,
+        max_in_flight: int,
+        ordered: bool = True,
+        key: str | None = None,
+        priority: int = 0,
+        retries: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+        **kwargs: Any,
+    ) -> ResultStream[T]:
+        """Stream ``fn(item, **kwargs)`` for each item of ``iterable``, with backpressure.
+
+        A plain call; returns a :class:`ResultStream`, best used as
+        ``async with ex.imap(fn, items, max_in_flight=8) as results:``. ``iterable`` may be
+        sync or async, and endless: items are taken only as slots free up, so that at most
+        ``max_in_flight`` of these tasks exist on the cluster at any moment, counting those
+        whose result has not been yielded yet. The scheduler forgets a yielded task before
+        the next one is submitted. Results come in the order of the items
+        (``ordered=True``) or as tasks finish (``ordered=False``).
+
+        Leaving the stream early, a failed task, an error from ``iterable`` (raised after the
+        results of the items before it) or a cancelled scope stops the stream: tasks in
+        flight are cancelled on the cluster and released. ``key`` is a key prefix; the other
+        options are those of :meth:`submit`. A sync ``iterable`` is iterated on the event
+        loop's thread: it must not block.
+        """
+        self._check_open()
+        if not callable(fn):
+            raise TypeError(f"imap() needs a callable, not {fn!r}")
+        if not isinstance(iterable, Iterable | AsyncIterable):
+            raise TypeError(f"imap() needs an iterable or async iterable, not {iterable!r}")
+        if (
+            not isinstance(max_in_flight, int)
+            or isinstance(max_in_flight, bool)
+            or max_in_flight < 1
+        ):
+            raise ValueError(f"max_in_flight must be a positive integer, not {max_in_flight!r}")
+        if not isinstance(ordered, bool):
+            raise TypeError(f"ordered must be True or False, not {ordered!r}")
+        options = self._options(
+            None, False, priority, retries, resources, workers, allow_other_workers
+        )
+        prefix = key
+        if prefix is not None and (not isinstance(prefix, str) or not prefix):
+            raise ValueError(f"key must be a non-empty string prefix, not {prefix!r}")
+        fixed = self._unwrap(kwargs)
+
+        def submit(item: Any) -> TaskHandle[Any]:
+            item_options = options
+            if prefix is not None:
+                item_options = {**options, "key": f"{prefix}-{uuid.uuid4()}"}
+            return self._submit(fn, (item,), fixed, item_options)
+
+        return ResultStream(_Stream(self, submit, iterable, max_in_flight, ordered))
+
+    # -- introspection (counts) ------------------------------------------------------------
+
+    def statistics(self) -> ExecutorStatistics:
+        """Return counts of this executor's tasks, as a frozen record. A plain call."""
+        outcomes = self._outcomes.copy()
+        pending = 0
+        for handle in self._handles.values():
+            status = handle.status
+            if status in _DONE:
+                outcomes[status] += 1
+            else:
+                pending += 1
+        return ExecutorStatistics(
+            submitted=self._submitted,
+            pending=pending,
+            running=None,
+            finished=outcomes[TaskStatus.FINISHED],
+            failed=outcomes[TaskStatus.ERROR],
+            cancelled=outcomes[TaskStatus.CANCELLED],
+            in_flight=len(self._handles),
+        )
+
+    def _confirm_released(self, *keys: str) -> None:
+        """Remember released keys, to confirm with the scheduler that they were forgotten: at
         exit, or in the background once enough have gathered (so memory stays bounded)."""
-        self._released_keys.add(key)
+        self._released_keys.update(keys)
         if len(self._released_keys) >= _CONFIRM_BATCH and self._state is _State.OPEN:
-            keys, self._released_keys = self._released_keys, set()
-            confirm = functools.partial(self._core.wait_forgotten, keys)
+            batch, self._released_keys = self._released_keys, set()
+            confirm = functools.partial(self._core.wait_forgotten, batch)
             self._tg.start_soon(self._in_background, confirm)
 
     # -- cancelling ------------------------------------------------------------------------
@@ -576,8 +906,7 @@ class DaskExecutor:
         if self._state is _State.OPEN:
             self._check_open()  # the right thread
         handle._cancel_requested = True
-        if handle._event is not None:
-            handle._event.set()
+        self._notify(handle)
         self._cancel_batch.append(handle._future)
         if len(self._cancel_batch) == 1:  # the first of a burst: tell the cluster soon, once
             self._tg.start_soon(self._flush_cancels)
@@ -596,6 +925,34 @@ class DaskExecutor:
                 await self._runner.run(fn, *args)
             except Exception as error:
                 self._background_errors.append(error)
+
+
+_DONE = (TaskStatus.FINISHED, TaskStatus.ERROR, TaskStatus.CANCELLED)
+
+
+def _map_handles(obj: Any, fn: Callable[[TaskHandle[Any]], Any]) -> Any:
+    """``obj`` with each handle ``h`` in it (in lists, tuples, sets, dicts, nested) replaced
+    by ``fn(h)``; a ``_SKIP`` result leaves the item out."""
+    if isinstance(obj, _SCALARS):
+        return obj
+    if isinstance(obj, TaskHandle):
+        return fn(obj)
+    kind = type(obj)
+    if kind in (list, tuple, set, frozenset):
+        mapped = (_map_handles(x, fn) for x in obj)
+        return kind(x for x in mapped if x is not _SKIP)
+    if kind is dict:
+        pairs = ((k, _map_handles(v, fn)) for k, v in obj.items())
+        return {k: v for k, v in pairs if v is not _SKIP}
+    return obj
+
+
+def _check_collection(collection: Any, what: str) -> None:
+    if not is_dask_collection(collection):
+        raise TypeError(
+            f"{what}() needs a Dask collection (dask.delayed, dask.array, dask.bag, "
+            f"dask.dataframe), not {collection!r}; for a function call, use submit() or run()"
+        )
 
 
 async def _cancel_reason(future: distributed.Future[Any]) -> str:

@@ -1,19 +1,18 @@
-"""Task handles, their status enum and the exception for remotely cancelled tasks."""
+"""Task handles, their status enum, the executor's statistics record and its exceptions."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
-
-import anyio
 
 if TYPE_CHECKING:
     import distributed
 
     from ._executor import DaskExecutor
 
-__all__ = ["TaskCancelled", "TaskHandle", "TaskStatus"]
+__all__ = ["ExecutorStatistics", "SchedulerLost", "TaskCancelled", "TaskHandle", "TaskStatus"]
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -49,6 +48,51 @@ class TaskCancelled(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class ExecutorStatistics:
+    """Counts of an executor's tasks at one moment, from :meth:`DaskExecutor.statistics`.
+
+    Scattered data counts as finished tasks.
+    """
+
+    #: Tasks submitted (and data scattered) since the executor opened.
+    submitted: int
+    #: Not done yet: queued, waiting for inputs or running.
+    pending: int
+    #: Running on a worker, where known. The Dask client is not told when a task starts,
+    #: so this is ``None``; the dashboard shows it.
+    running: int | None
+    #: Finished with a value.
+    finished: int
+    #: Raised an exception.
+    failed: int
+    #: Cancelled (by the caller, by Dask, or because the scheduler was lost).
+    cancelled: int
+    #: Keys this executor holds on the cluster now (pending, or done and not released).
+    in_flight: int
+
+
+class SchedulerLost(ConnectionError):
+    """The connection to the Dask scheduler was lost while a task was pending.
+
+    Raised promptly by every pending ``await handle``, :meth:`DaskExecutor.retrieve`,
+    :meth:`DaskExecutor.run` and the other waiting calls once Dask's client notices the loss.
+    The task's outcome is unknown: it may have run, or may still be running on a worker.
+    It is a :exc:`ConnectionError`, never the backend's cancellation exception.
+    """
+
+    def __init__(self, key: str, address: str | None) -> None:
+        where = f" at {address}" if address else ""
+        super().__init__(
+            f"lost the connection to the Dask scheduler{where} while task {key!r} was pending; "
+            "its outcome is unknown"
+        )
+        #: The task's key.
+        self.key = key
+        #: The scheduler's address, if known.
+        self.address = address
+
+
 @final
 class TaskHandle(Generic[T_co]):
     """A task on the cluster, owned by the :class:`~dask_anyio.DaskExecutor` that submitted it.
@@ -66,18 +110,22 @@ class TaskHandle(Generic[T_co]):
     __slots__ = (
         "__weakref__",
         "_cancel_requested",
-        "_event",
         "_executor",
         "_failure",
         "_final_status",
         "_future",
         "_observed",
+        "_registered",
+        "_watchers",
     )
 
     def __init__(self, executor: DaskExecutor, future: distributed.Future[Any]) -> None:
         self._executor = executor
         self._future = future
-        self._event: anyio.Event | None = None
+        #: Called on the front loop once the task is done (see DaskExecutor._watch).
+        self._watchers: list[Callable[[], object]] = []
+        #: Whether a done-callback is registered with Dask's future.
+        self._registered = False
         self._observed = False
         self._cancel_requested = False
         self._final_status: TaskStatus | None = None

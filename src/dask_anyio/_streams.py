@@ -1,0 +1,345 @@
+"""Iterating over tasks as they finish: :class:`AsCompleted` and :class:`ResultStream`.
+
+Both run on the caller's event loop and learn that a task is done through
+:meth:`DaskExecutor._watch`, so they inherit its one thread crossing.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import aclosing
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+
+import anyio
+import anyio.lowlevel
+
+from ._handle import TaskHandle
+
+if TYPE_CHECKING:
+    from ._executor import DaskExecutor
+
+__all__ = ["AsCompleted", "ResultStream"]
+
+T = TypeVar("T")
+Y = TypeVar("Y")
+
+_REASON_STREAM = "the result stream was closed"
+
+
+class AsCompleted(Generic[Y]):
+    """An async iterator over tasks in the order they finish.
+
+    Returned by :meth:`DaskExecutor.as_completed`; not created directly. Every handle added is
+    yielded exactly once (twice if added twice), whether it finished, failed or was
+    cancelled; the iteration ends when every handle added so far has been yielded. Handles
+    may be added while iterating, with :meth:`add` or :meth:`update`.
+
+    Iterating is a checkpoint. Cancelling it loses nothing: a handle being yielded when
+    the caller was cancelled is yielded by the next iteration.
+    """
+
+    def __init__(
+        self,
+        executor: DaskExecutor,
+        handles: Iterable[TaskHandle[Any]],
+        *,
+        with_results: bool,
+        raise_errors: bool,
+    ) -> None:
+        self._executor = executor
+        self._with_results = with_results
+        self._raise_errors = raise_errors
+        self._ready: deque[TaskHandle[Any]] = deque()
+        self._waiting: dict[int, tuple[TaskHandle[Any], Callable[[], None]]] = {}
+        self._tokens = itertools.count()
+        self._wakeup: anyio.Event | None = None
+        self.update(handles)
+
+    def add(self, handle: TaskHandle[Any]) -> None:
+        """Add a handle to yield once it is done. A plain call."""
+        self._executor._check_handle(handle)
+        token = next(self._tokens)
+        callback = functools.partial(self._on_done, token)
+        self._waiting[token] = (handle, callback)
+        self._executor._watch(handle, callback)
+
+    def update(self, handles: Iterable[TaskHandle[Any]]) -> None:
+        """Add several handles. A plain call."""
+        for handle in handles:
+            self.add(handle)
+
+    def __len__(self) -> int:
+        """How many handles are still to be yielded."""
+        return len(self._ready) + len(self._waiting)
+
+    def _on_done(self, token: int) -> None:
+        handle, _ = self._waiting.pop(token)
+        self._ready.append(handle)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _detach(self) -> None:
+        """Stop watching the handles not yielded yet."""
+        for handle, callback in self._waiting.values():
+            self._executor._unwatch(handle, callback)
+        self._waiting.clear()
+        self._ready.clear()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Y:
+        await anyio.lowlevel.checkpoint()
+        while not self._ready:
+            if not self._waiting:
+                raise StopAsyncIteration
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+        handle = self._ready.popleft()
+        if not self._with_results:
+            item: Any = handle
+            return item  # type: ignore[no-any-return]
+        try:
+            value: Any = await self._executor.retrieve(handle)
+        except Exception as failure:
+            if self._raise_errors:
+                raise
+            return (handle, failure)  # type: ignore[return-value]
+        except BaseException:  # cancelled: yield this one next time
+            self._ready.appendleft(handle)
+            raise
+        return (handle, value)  # type: ignore[return-value]
+
+
+class _Stream:
+    """The state behind a :class:`ResultStream`, shared with its feeder task.
+
+    Separate from the object users hold, so that dropping that object (leaving an
+    ``async for`` loop early) can close the stream even while the feeder runs.
+    """
+
+    def __init__(
+        self,
+        executor: DaskExecutor,
+        submit: Callable[[Any], TaskHandle[Any]],
+        source: Iterable[Any] | AsyncIterable[Any],
+        max_in_flight: int,
+        ordered: bool,
+    ) -> None:
+        self.executor = executor
+        self.submit = submit
+        self.source = source
+        self.free = max_in_flight
+        self.ordered = ordered
+        #: Submitted, not yet yielded, in submission order.
+        self.in_flight: deque[TaskHandle[Any]] = deque()
+        #: Done, in completion order (used when not ordered).
+        self.ready: deque[TaskHandle[Any]] = deque()
+        #: Yielded; to release before the next submission.
+        self.consumed: list[TaskHandle[Any]] = []
+        self.source_error: Exception | None = None
+        self.started = False
+        self.fed_all = False
+        self.closed = False
+        self.feeder_done = anyio.Event()
+        self.close_done = anyio.Event()
+        self.feeder_scope = anyio.CancelScope()
+        self.space = anyio.Event()
+        self.wakeup: anyio.Event | None = None
+
+    def wake(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+    def on_done(self, handle: TaskHandle[Any]) -> None:
+        if not self.closed:
+            if not self.ordered:
+                self.ready.append(handle)
+            self.wake()
+
+    def start(self) -> None:
+        self.started = True
+        self.executor._streams.add(self)
+        self.executor._tg.start_soon(self.feed)
+
+    async def feed(self) -> None:
+        """Pull items from the source and submit them, at most ``max_in_flight`` at a time."""
+        try:
+            with self.feeder_scope:
+                async with aclosing(_items(self.source)) as iterator:
+                    await self.feed_from(iterator)
+        except Exception as error:  # from the source, or an item that cannot be submitted
+            self.source_error = error
+        finally:
+            self.fed_all = True
+            self.feeder_done.set()
+            self.wake()
+
+    async def feed_from(self, iterator: AsyncIterator[Any]) -> None:
+        while True:
+            while self.free <= 0:
+                self.space = anyio.Event()
+                await self.space.wait()
+            if self.consumed:
+                await self.release_consumed()
+            try:
+                item = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            handle = self.submit(item)
+            self.free -= 1
+            self.in_flight.append(handle)
+            self.executor._watch(handle, functools.partial(self.on_done, handle))
+            self.wake()
+
+    async def release_consumed(self) -> None:
+        """Release yielded tasks; the scheduler forgets them before the next submission."""
+        consumed, self.consumed = self.consumed, []
+        executor = self.executor
+        for handle in consumed:
+            executor._forget_handle(handle, release=False)
+        futures = [h._future for h in consumed]
+        await executor._runner.run(executor._core.release_before_next_submit, futures)
+        executor._confirm_released(*(h.key for h in consumed))
+
+    def next_ready(self) -> TaskHandle[Any] | None:
+        if self.ordered:
+            if self.in_flight and self.in_flight[0].done():
+                return self.in_flight[0]
+            return None
+        return self.ready[0] if self.ready else None
+
+    def take(self, handle: TaskHandle[Any]) -> None:
+        """``handle`` was yielded: free its slot."""
+        if self.ordered:
+            self.in_flight.popleft()
+        else:
+            self.ready.popleft()
+            self.in_flight.remove(handle)
+        handle._observed = True
+        self.consumed.append(handle)
+        self.free += 1
+        self.space.set()
+
+    async def next(self) -> Any:
+        if self.closed:
+            raise StopAsyncIteration
+        if not self.started:
+            self.executor._check_open()
+            self.start()
+        try:
+            handle = await self.wait_next()
+            value = None if handle is None else await self.executor.retrieve(handle)
+        except BaseException:  # a failed task, or the caller cancelled: stop it all
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
+        if handle is None:  # the source is exhausted and every result yielded
+            error = self.source_error
+            await self.aclose()
+            if error is not None:
+                raise error
+            raise StopAsyncIteration
+        self.take(handle)
+        return value
+
+    async def wait_next(self) -> TaskHandle[Any] | None:
+        """Wait for the next task to yield; ``None`` once there are no more."""
+        while (handle := self.next_ready()) is None:
+            if self.fed_all and not self.in_flight:
+                return None
+            self.wakeup = anyio.Event()
+            await self.wakeup.wait()
+        return handle
+
+    async def aclose(self) -> None:
+        """Stop submitting, cancel what is in flight, release it all. Idempotent."""
+        if self.closed:
+            with anyio.CancelScope(shield=True):
+                await self.close_done.wait()
+            return
+        self.closed = True
+        self.feeder_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            if self.started:
+                await self.feeder_done.wait()
+            executor = self.executor
+            executor._streams.discard(self)
+            leftover = [*self.consumed, *self.in_flight]
+            self.consumed.clear()
+            self.in_flight.clear()
+            self.ready.clear()
+            for handle in leftover:
+                handle._observed = True  # the stream stopped caring about them
+            try:
+                await executor._forget_handles(leftover, _REASON_STREAM)
+            finally:
+                self.close_done.set()
+
+    def close_soon(self) -> None:
+        """On the front loop: close in the background (the user dropped the stream)."""
+        if not self.closed and self.started and self.executor._accepts_background():
+            self.executor._tg.start_soon(self.aclose)
+
+
+async def _items(source: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
+    """The items of a sync or async iterable, as an async iterator."""
+    if isinstance(source, AsyncIterable):
+        async for item in source:
+            yield item
+    else:
+        for item in source:
+            yield item
+            await anyio.lowlevel.checkpoint()
+
+
+class ResultStream(Generic[T]):
+    """An async iterator over the results of :meth:`DaskExecutor.imap`.
+
+    Use it as ``async with ex.imap(...) as results: async for value in results: ...``:
+    leaving the block (early, by an error or by cancellation) stops submitting, cancels the
+    tasks in flight and releases them. Iterated directly, the stream closes itself when it is
+    exhausted, when an iteration raises, when the object is dropped (leaving ``async for``
+    early) and at the latest when the executor exits. :meth:`aclose` closes it explicitly.
+
+    Each iteration is a checkpoint. A failed task raises its exception from the iteration and
+    closes the stream; so does an exception from the source iterable, after the results of
+    the items before it.
+    """
+
+    def __init__(self, stream: _Stream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        value: T = await self._stream.next()
+        return value
+
+    async def aclose(self) -> None:
+        """Stop the stream: cancel and release what is in flight. Checkpoint; idempotent."""
+        await anyio.lowlevel.checkpoint()
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+    def __del__(self) -> None:
+        stream = self._stream
+        if not stream.closed and stream.started:
+            # Maybe on another thread (the garbage collector's): cross over, as always.
+            stream.executor._runner.front.run_sync_soon(stream.close_soon)
