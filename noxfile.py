@@ -15,7 +15,7 @@ TEST_DEPS = ["pytest>=8.4", "pytest-timeout", "psutil", "uvloop", "trustme"]
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the test suite on asyncio, asyncio+uvloop and trio."""
-    session.install("-e", ".[trio]", *TEST_DEPS)
+    session.install("-e", ".[trio,array,dataframe]", *TEST_DEPS)
     session.run("pytest", *session.posargs)
 
 
