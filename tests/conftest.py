@@ -56,6 +56,23 @@ class ExternalCluster:
         keys: list[str] = self.observer.run_on_scheduler(_scheduler_keys)
         return set(keys)
 
+    async def wait_forgotten(self, prefix: str = "") -> None:
+        """Wait until the scheduler holds no key starting with ``prefix``: for keys released
+        without waiting (Dask's release is a one-way message), poll another process's state."""
+        import anyio
+
+        with anyio.fail_after(10):
+            while any(k.startswith(prefix) for k in self.scheduler_keys()):  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+
+    async def wait_held(self, prefix: str) -> None:
+        """Wait until the scheduler holds a key starting with ``prefix`` (polling, as above)."""
+        import anyio
+
+        with anyio.fail_after(10):
+            while not any(k.startswith(prefix) for k in self.scheduler_keys()):  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+
     def task_states(self) -> dict[str, str]:
         states: dict[str, str] = self.observer.run_on_scheduler(_scheduler_task_states)
         return states

@@ -45,13 +45,6 @@ def key_counter(cluster: ExternalCluster) -> Iterator[tuple[str, Any]]:
         cluster.observer.unregister_scheduler_plugin(name)
 
 
-async def wait_until_forgotten(cluster: ExternalCluster, prefix: str) -> None:
-    """Poll the scheduler (bounded) until it holds no key with ``prefix``."""
-    with anyio.fail_after(10):
-        while any(k.startswith(prefix) for k in cluster.scheduler_keys()):  # noqa: ASYNC110
-            await anyio.sleep(0.05)  # another process's state: nothing to wait on but polling
-
-
 async def collect(results: AsyncIterator[Any], into: list[Any]) -> None:
     async for value in results:
         into.append(value)
@@ -219,7 +212,7 @@ async def test_imap_dropped_stream_is_closed(external_cluster: ExternalCluster) 
             async for value in ex.imap(inc, range(1000), max_in_flight=3, key=prefix):
                 if value == 2:
                     break
-            await wait_until_forgotten(external_cluster, prefix)
+            await external_cluster.wait_forgotten(prefix)
             assert ex.statistics().in_flight == 0
 
 
@@ -315,13 +308,8 @@ async def test_imap_task_cancelled_elsewhere(external_cluster: ExternalCluster) 
             async with anyio.create_task_group() as tg:
 
                 async def cancel_elsewhere() -> None:
-                    with anyio.fail_after(10):
-                        while not (
-                            keys := [
-                                k for k in external_cluster.scheduler_keys() if k.startswith(prefix)
-                            ]
-                        ):
-                            await anyio.sleep(0.02)
+                    await external_cluster.wait_held(prefix)
+                    keys = [k for k in external_cluster.scheduler_keys() if k.startswith(prefix)]
                     other = external_cluster.observer
                     other.cancel([distributed.Future(keys[0], other)], force=True)
 

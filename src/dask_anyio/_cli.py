@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from functools import partial
 
 import anyio
@@ -32,10 +33,29 @@ def main() -> None:
     "LocalCluster.",
 )
 @click.option(
-    "--delay", default=0.5, show_default=True, type=float, help="Seconds each demo task sleeps."
+    "--delay",
+    default=0.5,
+    show_default=True,
+    type=float,
+    help="Seconds each demo task sleeps (the mapped ones: half as long).",
 )
-def demo(backend: str, address: str | None, delay: float) -> None:
-    """Run the seed scenario, then cancel a long task and show the scheduler forgot it."""
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar on stderr while the mapped tasks complete.  [default: only if "
+    "stderr is a terminal]",
+)
+def demo(backend: str, address: str | None, delay: float, progress: bool | None) -> None:
+    """Run the seed scenario, map a slow function over 20 items with a progress bar, then
+    cancel a long task and show the scheduler forgot it."""
     if backend == "trio" and importlib.util.find_spec("trio") is None:
         raise click.UsageError("--backend trio needs trio: pip install 'dask-anyio[trio]'")
-    anyio.run(partial(run_demo, address, delay=delay, say=click.echo), backend=backend)
+    scenario = partial(
+        run_demo,
+        address,
+        delay=delay,
+        say=click.echo,
+        progress=progress,
+        progress_file=sys.stderr,
+    )
+    anyio.run(scenario, backend=backend)

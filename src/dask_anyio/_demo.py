@@ -5,17 +5,22 @@ from __future__ import annotations
 import operator
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
 
 import anyio
 import cloudpickle
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from ._executor import DaskExecutor
 
 # Workers of an external cluster may not have dask_anyio installed: send this module's
 # functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+#: How many tasks the progress-bar step maps over.
+MAP_ITEMS = 20
 
 
 def slow(value: int, delay: float) -> int:
@@ -33,10 +38,40 @@ async def _scheduler_keys(ex: DaskExecutor) -> list[str]:
     return keys
 
 
+@contextmanager
+def progress_bar(
+    total: int, *, show: bool | None, file: TextIO, desc: str
+) -> Iterator[Callable[[], object]]:
+    """A tqdm bar on ``file``, given as a function to call once per finished task.
+
+    ``show=None`` shows it only if ``file`` is a terminal (tqdm's own rule): in a log, a bar
+    is a stream of carriage returns, and the demo's text lines tell the step anyway. Without
+    a bar no tqdm object is made at all (a disabled one still starts tqdm's monitor thread).
+    """
+    if show is None:
+        show = file.isatty()
+    if not show:
+        yield lambda: None
+        return
+    with tqdm(total=total, desc=desc, unit="task", file=file) as bar:
+        yield bar.update
+
+
 async def demo(
-    address: str | None, *, delay: float = 0.5, say: Callable[[str], Any] = print
+    address: str | None,
+    *,
+    delay: float = 0.5,
+    say: Callable[[str], Any] = print,
+    progress: bool | None = None,
+    progress_file: TextIO | None = None,
 ) -> None:
-    """Run the seed scenario and a cancellation, saying what happens at each step."""
+    """Run the seed scenario, a mapped step with a progress bar and a cancellation, saying
+    what happens at each step.
+
+    Text goes to ``say``; the bar goes to ``progress_file`` (default: ``sys.stderr``), if
+    ``progress`` is true, or if it is ``None`` and that file is a terminal.
+    """
+    bar_file = sys.stderr if progress_file is None else progress_file
     backend = anyio.lowlevel.current_token().backend_class.__module__.rsplit("_", 1)[-1]
     options: dict[str, Any] = {} if address else {"n_workers": 2, "threads_per_worker": 2}
     say(f"dask-anyio demo on {backend}: connecting to {address or 'an embedded LocalCluster'}")
@@ -53,6 +88,19 @@ async def demo(
         say("awaited c: done, and nothing was transferred to the client")
         say(f"retrieve(c) = {await ex.retrieve(c)}")
         say(f"run(operator.add, 1, 2) = {await ex.run(operator.add, 1, 2)}")
+        item_delay = delay / 2
+        handles = ex.map(slow, range(1, MAP_ITEMS + 1), delay=item_delay)
+        say(f"map(slow, 1..{MAP_ITEMS}): {MAP_ITEMS} tasks of {item_delay:g} s each ...")
+        started = time.monotonic()
+        # The bar is closed before the next line is said: both may go to one terminal.
+        with progress_bar(len(handles), show=progress, file=bar_file, desc="map(slow)") as tick:
+            async for _handle in ex.as_completed(handles):
+                tick()
+        say(
+            f"... as_completed: all {len(handles)} done after "
+            f"{time.monotonic() - started:.2f} s; sum of gather(handles) = "
+            f"{sum(await ex.gather(handles))}"
+        )
         say("run(time.sleep, 60) inside move_on_after(1) ...")
         started = time.monotonic()
         with anyio.move_on_after(1) as scope:

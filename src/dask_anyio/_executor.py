@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Hashable, Iterab
 from contextlib import AsyncExitStack
 from numbers import Number
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, Self, TypeVar, TypeVarTuple, overload
+from typing import Any, Concatenate, Literal, ParamSpec, Self, TypeVar, TypeVarTuple, overload
 
 import anyio
 import anyio.abc
@@ -127,7 +127,7 @@ class DaskExecutor:
         }
         self._state = _State.NEW
         self._handles: dict[str, TaskHandle[Any]] = {}
-        self._released_keys: set[str] = set()
+        self._released_keys: set[Hashable] = set()
         self._background_errors: list[Exception] = []
         self._cancel_batch: list[distributed.Future[Any]] = []
         self._streams: set[_Stream] = set()
@@ -257,7 +257,7 @@ class DaskExecutor:
             await self._freeze(handle)
             self._outcomes[handle.status] += 1
             self._core.release(handle._future)
-            self._released_keys.add(handle.key)
+            self._released_keys.add(handle._future.key)
             self._notify(handle)
         self._handles.clear()
         keys, self._released_keys = self._released_keys, set()
@@ -488,7 +488,9 @@ class DaskExecutor:
             logger.warning("could not cancel %d tasks on the cluster", len(pending), exc_info=True)
             pending = []
         cancelled = {h.key for h in pending}
-        released = [h.key for h in handles if self._forget_handle(h) and h.key not in cancelled]
+        released = [
+            h._future.key for h in handles if self._forget_handle(h) and h.key not in cancelled
+        ]
         try:
             await self._runner.run(self._core.wait_forgotten, released)
         except Exception:  # the exit confirms the release again
@@ -603,7 +605,7 @@ class DaskExecutor:
             handle._observed = True
             raise failure
 
-    async def retrieve(self, handle: TaskHandle[T]) -> T:
+    async def retrieve(self, handle: TaskHandle[T]) -> Any:
         """Return the value of the task behind ``handle``, transferring it to the client.
 
         Checkpoint. Waits until the task is done; raises the task's own exception if it
@@ -645,7 +647,7 @@ class DaskExecutor:
             raise
         finally:
             if self._forget_handle(handle):
-                self._confirm_released(handle.key)
+                self._confirm_released(handle._future.key)
 
     async def compute(self, collection: Any, /) -> Any:
         """Compute a Dask collection on the cluster and return its value.
@@ -659,8 +661,8 @@ class DaskExecutor:
         :raises TypeError: if ``collection`` is not a Dask collection.
         """
         self._check_open()
-        _check_collection(collection, "compute")
-        future = await anyio.to_thread.run_sync(self._core.compute, collection)
+        compute = functools.partial(_checked_collection, self._core.compute, "compute")
+        future = await anyio.to_thread.run_sync(compute, collection)
         return await self._result_of_call(self._adopt(future))
 
     async def persist(self, collection: C, /) -> C:
@@ -674,8 +676,8 @@ class DaskExecutor:
         :raises TypeError: if ``collection`` is not a Dask collection.
         """
         self._check_open()
-        _check_collection(collection, "persist")
-        persisted, futures = await anyio.to_thread.run_sync(self._core.persist, collection)
+        persist = functools.partial(_checked_collection, self._core.persist, "persist")
+        persisted, futures = await anyio.to_thread.run_sync(persist, collection)
         for future in futures:
             self._adopt(future)
         result: C = persisted
@@ -806,7 +808,7 @@ class DaskExecutor:
 
     def imap(
         self,
-        fn: Callable[[Any], T],
+        fn: Callable[Concatenate[Any, ...], T],
         iterable: Iterable[Any] | AsyncIterable[Any],
         /,
         *,
@@ -887,7 +889,7 @@ class DaskExecutor:
             in_flight=len(self._handles),
         )
 
-    def _confirm_released(self, *keys: str) -> None:
+    def _confirm_released(self, *keys: Hashable) -> None:
         """Remember released keys, to confirm with the scheduler that they were forgotten: at
         exit, or in the background once enough have gathered (so memory stays bounded)."""
         self._released_keys.update(keys)
@@ -947,12 +949,15 @@ def _map_handles(obj: Any, fn: Callable[[TaskHandle[Any]], Any]) -> Any:
     return obj
 
 
-def _check_collection(collection: Any, what: str) -> None:
+def _checked_collection(fn: Callable[[Any], T], what: str, collection: Any) -> T:
+    """``fn(collection)`` if it is a Dask collection. In a worker thread: telling may
+    already build the graph."""
     if not is_dask_collection(collection):
         raise TypeError(
             f"{what}() needs a Dask collection (dask.delayed, dask.array, dask.bag, "
             f"dask.dataframe), not {collection!r}; for a function call, use submit() or run()"
         )
+    return fn(collection)
 
 
 async def _cancel_reason(future: distributed.Future[Any]) -> str:

@@ -133,7 +133,8 @@ class _Stream:
         self.executor = executor
         self.submit = submit
         self.source = source
-        self.free = max_in_flight
+        #: Slots left: how many more tasks may be submitted before one is yielded.
+        self.free: int = max_in_flight
         self.ordered = ordered
         #: Submitted, not yet yielded, in submission order.
         self.in_flight: deque[TaskHandle[Any]] = deque()
@@ -142,26 +143,29 @@ class _Stream:
         #: Yielded; to release before the next submission.
         self.consumed: list[TaskHandle[Any]] = []
         self.source_error: Exception | None = None
-        self.started = False
-        self.fed_all = False
-        self.closed = False
-        self.feeder_done = anyio.Event()
-        self.close_done = anyio.Event()
-        self.feeder_scope = anyio.CancelScope()
-        self.space = anyio.Event()
+        self.started: bool = False
+        self.fed_all: bool = False
+        self.closed: bool = False
+        self.feeder_done: anyio.Event = anyio.Event()
+        self.close_done: anyio.Event = anyio.Event()
+        self.feeder_scope: anyio.CancelScope = anyio.CancelScope()
+        self.space: anyio.Event = anyio.Event()
         self.wakeup: anyio.Event | None = None
 
     def wake(self) -> None:
+        """Wake the reader waiting in :meth:`wait_next`, if any."""
         if self.wakeup is not None:
             self.wakeup.set()
 
     def on_done(self, handle: TaskHandle[Any]) -> None:
+        """On the front loop: ``handle`` is done; queue it (if unordered) and wake the reader."""
         if not self.closed:
             if not self.ordered:
                 self.ready.append(handle)
             self.wake()
 
     def start(self) -> None:
+        """Start the feeder task in the executor's task group (on the first iteration)."""
         self.started = True
         self.executor._streams.add(self)
         self.executor._tg.start_soon(self.feed)
@@ -180,6 +184,7 @@ class _Stream:
             self.wake()
 
     async def feed_from(self, iterator: AsyncIterator[Any]) -> None:
+        """Submit the items of ``iterator`` as slots free up, until it is exhausted."""
         while True:
             while self.free <= 0:
                 self.space = anyio.Event()
@@ -204,9 +209,10 @@ class _Stream:
             executor._forget_handle(handle, release=False)
         futures = [h._future for h in consumed]
         await executor._runner.run(executor._core.release_before_next_submit, futures)
-        executor._confirm_released(*(h.key for h in consumed))
+        executor._confirm_released(*(h._future.key for h in consumed))
 
     def next_ready(self) -> TaskHandle[Any] | None:
+        """The next handle to yield if it is done, else ``None``."""
         if self.ordered:
             if self.in_flight and self.in_flight[0].done():
                 return self.in_flight[0]
@@ -226,6 +232,8 @@ class _Stream:
         self.space.set()
 
     async def next(self) -> Any:
+        """The next result, for :meth:`ResultStream.__anext__`; closes the stream at the end
+        or on an error."""
         if self.closed:
             raise StopAsyncIteration
         if not self.started:

@@ -1,0 +1,145 @@
+"""Dask collections: compute and persist, off the event loop's thread, owned and released."""
+
+from __future__ import annotations
+
+import operator
+import threading
+import uuid
+from typing import Any
+
+import anyio
+import dask
+import dask.array as da
+import dask.bag as db
+import pytest
+from dask.base import DaskMethodsMixin
+from dask.core import flatten
+
+from dask_anyio import DaskExecutor
+
+from .conftest import ExternalCluster
+from .tasks import RemoteOnlyError, inc, raise_remote_only, set_event, wait_for_event
+
+pytestmark = pytest.mark.anyio
+
+
+class ThreadRecorder(DaskMethodsMixin):
+    """A minimal Dask collection that records the threads that build its graph."""
+
+    def __init__(self, value: int, threads: list[str]) -> None:
+        self.value = value
+        self.threads = threads
+        self.key = f"recorder-{uuid.uuid4()}"
+
+    def __dask_graph__(self) -> dict[str, Any]:
+        self.threads.append(threading.current_thread().name)
+        return {self.key: (operator.add, self.value, 1)}
+
+    def __dask_keys__(self) -> list[str]:
+        return [self.key]
+
+    def __dask_tokenize__(self) -> str:
+        return self.key
+
+    def __dask_layers__(self) -> tuple[str]:
+        return (self.key,)
+
+    __dask_scheduler__ = staticmethod(dask.threaded.get)
+
+    def __dask_optimize__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return dsk
+
+    def __dask_postcompute__(self) -> Any:
+        return operator.itemgetter(0), ()
+
+    def __dask_postpersist__(self) -> Any:
+        return ThreadRecorder._rebuild, (self.value, self.threads)
+
+    @staticmethod
+    def _rebuild(dsk: Any, value: int, threads: list[str], rename: Any = None) -> ThreadRecorder:
+        return ThreadRecorder(value, threads)
+
+
+async def test_compute_delayed_array_bag(external_cluster: ExternalCluster) -> None:
+    """compute() returns the value of dask.delayed, dask.array and dask.bag collections, and
+    releases every key it used."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.compute(dask.delayed(operator.add)(dask.delayed(inc)(1), 40)) == 42
+        assert await ex.compute(da.arange(100, chunks=10).sum()) == 4950
+        assert await ex.compute(db.from_sequence(range(10), npartitions=3).map(inc).sum()) == 55
+        await external_cluster.wait_forgotten()
+        assert ex.statistics().in_flight == 0
+
+
+async def test_compute_dataframe(external_cluster: ExternalCluster) -> None:
+    """compute() of a dask.dataframe gives a pandas object (the `dataframe` extra)."""
+    pd = pytest.importorskip("pandas")
+    import dask.dataframe as dd
+
+    frame = dd.from_pandas(pd.DataFrame({"x": range(10), "y": [1.5] * 10}), npartitions=2)
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.compute(frame.x.sum()) == 45
+        result = await ex.compute(frame[frame.x > 6])
+        assert list(result.x) == [7, 8, 9]
+        await external_cluster.wait_forgotten()
+
+
+async def test_graph_is_built_off_the_event_loop_thread(external_cluster: ExternalCluster) -> None:
+    """Dask builds and optimises graphs in the calling thread: compute and persist call it
+    from a worker thread, never the event loop's."""
+    threads: list[str] = []
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.compute(ThreadRecorder(41, threads)) == 42
+        await ex.persist(ThreadRecorder(1, threads))
+    assert threads
+    assert threading.current_thread().name not in threads
+
+
+async def test_persist_is_owned_and_released(external_cluster: ExternalCluster) -> None:
+    """persist() returns a collection backed by tasks the executor owns: usable in later
+    computations, released at exit."""
+    array = da.arange(1000, chunks=100) * 2
+    async with DaskExecutor(external_cluster.address) as ex:
+        persisted = await ex.persist(array)
+        assert isinstance(persisted, da.Array)
+        assert ex.statistics().in_flight == 10
+        assert await ex.compute(persisted.sum()) == 999000
+        keys = {str(k) for k in flatten(persisted.__dask_keys__())}
+        assert len(keys) == 10
+        assert keys <= external_cluster.scheduler_keys()
+    assert external_cluster.scheduler_keys() == set()
+
+
+async def test_persisted_failure_is_raised_at_exit(external_cluster: ExternalCluster) -> None:
+    """A persisted task that fails and that nobody computed is raised at exit, as for a
+    handle."""
+    with pytest.RaisesGroup(RemoteOnlyError):
+        async with DaskExecutor(external_cluster.address) as ex:
+            await ex.persist(dask.delayed(raise_remote_only)("persisted"))
+    assert external_cluster.scheduler_keys() == set()
+
+
+async def test_compute_failure_and_timeout(external_cluster: ExternalCluster) -> None:
+    """A failing computation raises the task's exception; a timeout around compute cancels
+    its tasks on the cluster before the timeout's scope exits."""
+    gate = f"gate-{uuid.uuid4()}"
+    async with DaskExecutor(external_cluster.address) as ex:
+        with pytest.raises(RemoteOnlyError, match="in a graph"):
+            await ex.compute(dask.delayed(inc)(dask.delayed(raise_remote_only)("in a graph")))
+        await external_cluster.wait_forgotten()
+        blocked = dask.delayed(inc)(dask.delayed(len)(dask.delayed(wait_for_event)(gate)))
+        with anyio.move_on_after(0.5) as scope:
+            await ex.compute(blocked)
+        assert scope.cancelled_caught
+        assert external_cluster.scheduler_keys() == set()
+        await ex.run(set_event, gate)
+
+
+async def test_compute_refuses_what_is_not_a_collection(external_cluster: ExternalCluster) -> None:
+    """compute() and persist() of a plain object raise TypeError saying what to use."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        with pytest.raises(TypeError, match="needs a Dask collection"):
+            await ex.compute(42)
+        with pytest.raises(TypeError, match="needs a Dask collection"):
+            await ex.persist([1, 2])
