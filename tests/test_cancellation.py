@@ -187,3 +187,13 @@ async def test_many_handle_cancels_are_sent_together(external_cluster: ExternalC
         assert all(h.cancel() for h in handles)
     assert sent == [200]
     assert not {h.key for h in handles} & external_cluster.scheduler_keys()
+
+
+async def test_run_in_fail_after_cancels_remote_task(external_cluster: ExternalCluster) -> None:
+    """fail_after around run(): TimeoutError, raised once the scheduler forgot the task."""
+    gate = gate_name()
+    async with DaskExecutor(external_cluster.address) as ex:
+        with pytest.raises(TimeoutError), anyio.fail_after(0.2):
+            await ex.run(wait_for_event, gate)
+        assert not [k for k in external_cluster.scheduler_keys() if k.startswith("wait_for_event-")]
+        await ex.run(set_event, gate)

@@ -284,6 +284,11 @@ class DaskExecutor:
             )
         raise RuntimeError(f"this DaskExecutor is {self._state.value}: it cannot be used any more")
 
+    def _check_connected(self) -> None:
+        """Refuse new work while Dask's client is not connected (it lost the scheduler)."""
+        if self._core.client.status != "running":
+            raise SchedulerLost(self._core.scheduler_address)
+
     # -- introspection ---------------------------------------------------------------------
 
     @property
@@ -351,6 +356,7 @@ class DaskExecutor:
         """Submit on an open executor (checked by the caller)."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {fn!r}")
+        self._check_connected()
         future = self._core.submit(fn, self._unwrap(args), self._unwrap(kwargs), options)
         return self._adopt(future)
 
@@ -384,6 +390,7 @@ class DaskExecutor:
         if key is not None:
             options["key"] = key
         columns = [self._unwrap(list(it)) for it in iterables]
+        self._check_connected()
         futures = self._core.map(fn, columns, self._unwrap(kwargs), options)
         return [self._adopt(f) for f in futures]
 
@@ -595,7 +602,7 @@ class DaskExecutor:
         if status is TaskStatus.CANCELLED:
             reason = await self._runner.run(_cancel_reason, handle._future)
             if reason == _REASON_SCHEDULER_LOST:
-                return SchedulerLost(handle.key, self._core.scheduler_address)
+                return SchedulerLost(self._core.scheduler_address, handle.key)
             return TaskCancelled(handle.key, reason)
         return None
 
@@ -605,7 +612,7 @@ class DaskExecutor:
             handle._observed = True
             raise failure
 
-    async def retrieve(self, handle: TaskHandle[T]) -> Any:
+    async def retrieve(self, handle: TaskHandle[T]) -> T:
         """Return the value of the task behind ``handle``, transferring it to the client.
 
         Checkpoint. Waits until the task is done; raises the task's own exception if it
@@ -661,6 +668,7 @@ class DaskExecutor:
         :raises TypeError: if ``collection`` is not a Dask collection.
         """
         self._check_open()
+        self._check_connected()
         compute = functools.partial(_checked_collection, self._core.compute, "compute")
         future = await anyio.to_thread.run_sync(compute, collection)
         return await self._result_of_call(self._adopt(future))
@@ -676,6 +684,7 @@ class DaskExecutor:
         :raises TypeError: if ``collection`` is not a Dask collection.
         """
         self._check_open()
+        self._check_connected()
         persist = functools.partial(_checked_collection, self._core.persist, "persist")
         persisted, futures = await anyio.to_thread.run_sync(persist, collection)
         for future in futures:
@@ -746,6 +755,7 @@ class DaskExecutor:
         self._check_open()
         if not isinstance(broadcast, bool):
             raise TypeError(f"broadcast must be True or False, not {broadcast!r}")
+        self._check_connected()
         if type(data) is list:
             futures = await self._runner.run(self._core.scatter, data, broadcast)
             return [self._adopt(f) for f in futures]

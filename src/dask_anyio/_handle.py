@@ -73,24 +73,26 @@ class ExecutorStatistics:
 
 
 class SchedulerLost(ConnectionError):
-    """The connection to the Dask scheduler was lost while a task was pending.
+    """The connection to the Dask scheduler was lost.
 
     Raised promptly by every pending ``await handle``, :meth:`DaskExecutor.retrieve`,
-    :meth:`DaskExecutor.run` and the other waiting calls once Dask's client notices the loss.
-    The task's outcome is unknown: it may have run, or may still be running on a worker.
-    It is a :exc:`ConnectionError`, never the backend's cancellation exception.
+    :meth:`DaskExecutor.run` and the other waiting calls once Dask's client notices the loss;
+    the task's outcome is then unknown: it may have run, or may still run on a worker.
+    Also raised by calls that submit work while Dask's client is reconnecting. It is a
+    :exc:`ConnectionError`, never the backend's cancellation exception.
     """
 
-    def __init__(self, key: str, address: str | None) -> None:
+    def __init__(self, address: str | None, key: str | None = None) -> None:
         where = f" at {address}" if address else ""
-        super().__init__(
-            f"lost the connection to the Dask scheduler{where} while task {key!r} was pending; "
-            "its outcome is unknown"
-        )
-        #: The task's key.
-        self.key = key
+        if key is None:
+            what = "; Dask's client is reconnecting or closed"
+        else:
+            what = f" while task {key!r} was pending; its outcome is unknown"
+        super().__init__(f"lost the connection to the Dask scheduler{where}{what}")
         #: The scheduler's address, if known.
         self.address = address
+        #: The key of the task whose outcome is unknown, or ``None``.
+        self.key = key
 
 
 @final

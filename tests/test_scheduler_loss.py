@@ -1,0 +1,81 @@
+"""Losing the scheduler: SchedulerLost on every pending await, promptly, and a clean exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import distributed
+import pytest
+
+from dask_anyio import DaskExecutor, SchedulerLost
+
+from .conftest import Snapshot, start_external_cluster, stop_processes
+from .tasks import inc, wait_for_event
+
+pytestmark = pytest.mark.anyio
+
+ABSENT = {"ABSENT": 1}  # no worker has it: such a task never starts
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """A scheduler and one worker of this test's own, to be killed."""
+    address, procs = start_external_cluster(tmp_path, n_workers=1, nthreads=2)
+    try:
+        with distributed.Client(address, timeout=60, set_as_default=False) as observer:
+            observer.wait_for_workers(1, timeout=60)
+        yield address, procs
+    finally:
+        stop_processes(procs)
+
+
+async def test_pending_awaits_raise_scheduler_lost(
+    own_cluster: tuple[str, Any], no_leaks: Snapshot
+) -> None:
+    """Killing the scheduler makes every pending await raise SchedulerLost (a
+    ConnectionError) within seconds; new work is refused with it; the exit is clean."""
+    address, procs = own_cluster
+    outcomes: dict[str, BaseException] = {}
+    started = anyio.Event()
+    async with DaskExecutor(address) as ex:
+        never = ex.map(inc, range(5), resources=ABSENT)
+        blocked = ex.submit(wait_for_event, f"never-set-{uuid.uuid4()}")
+        await ex.run(inc, 0)  # the scheduler knows them all
+
+        async def waiter(name: str, fn: Any, *args: Any) -> None:
+            try:
+                await fn(*args)
+            except Exception as error:
+                outcomes[name] = error
+
+        with anyio.fail_after(15):  # a bound, not a timing assertion: no hang
+            async with anyio.create_task_group() as tg:
+                for i, handle in enumerate(never):
+                    tg.start_soon(waiter, f"await-{i}", _wait, handle)
+                tg.start_soon(waiter, "retrieve", ex.retrieve, blocked)
+                tg.start_soon(waiter, "run", ex.run, wait_for_event, f"never-{uuid.uuid4()}")
+                tg.start_soon(waiter, "gather", ex.gather, never)
+                await anyio.wait_all_tasks_blocked()
+                started.set()
+                os.kill(procs[0].pid, signal.SIGKILL)
+        assert started.is_set()
+        assert sorted(outcomes) == sorted(
+            [f"await-{i}" for i in range(5)] + ["retrieve", "run", "gather"]
+        )
+        for name, error in outcomes.items():
+            assert isinstance(error, SchedulerLost), (name, error)
+            assert isinstance(error, ConnectionError)
+            assert error.address == address
+        assert outcomes["retrieve"].key == blocked.key  # type: ignore[attr-defined]
+        with pytest.raises(SchedulerLost, match="reconnecting or closed"):
+            ex.submit(inc, 1)
+
+
+async def _wait(handle: Any) -> None:
+    await handle
