@@ -308,6 +308,15 @@ class DaskCore:
         """Fetch the value of a finished future."""
         return await future.result()
 
+    async def call(
+        self, fn: Callable[..., object], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Any:
+        """``fn(client, *args, **kwargs)``, awaited if it returns an awaitable."""
+        result = fn(self.client, *args, **kwargs)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
     async def gather(self, futures: list[distributed.Future[Any]]) -> list[Any]:
         """Fetch the values of finished futures, in one request per worker."""
         if not futures:

@@ -296,12 +296,32 @@ class DaskExecutor:
         """The underlying asynchronous :class:`distributed.Client`, for the rest of Dask's API.
 
         It lives on the core loop: under asyncio that is your own loop and you may ``await``
-        its methods; under trio it is a private asyncio loop thread, so do not call its
-        coroutine methods from trio (its plain, thread-safe methods such as ``submit`` work).
-        Futures you create through it are not owned by the executor.
+        its methods; under trio it is a private asyncio loop thread, so never call its
+        methods that talk to the scheduler from trio (they would block or return coroutines
+        of another loop): go through :meth:`call_client`, which works on both backends.
+        Reading attributes (``id``, ``status``) is fine. Futures you create through it are not
+        owned by the executor: release them yourself.
         """
         self._check_open()
         return self._core.client
+
+    async def call_client(
+        self,
+        fn: Callable[Concatenate[distributed.Client, P], object],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Any:
+        """Call ``fn(client, *args, **kwargs)`` on the client's event loop; return its result,
+        awaited if it is awaitable.
+
+        Checkpoint; cancelling the caller cancels the call. The safe way to use the rest of
+        Dask's client API on either backend, for example
+        ``await ex.call_client(distributed.Client.who_has)`` or
+        ``await ex.call_client(lambda c: c.run_on_scheduler(fn))``.
+        """
+        self._check_open()
+        return await self._runner.run(self._core.call, fn, args, kwargs)
 
     @property
     def dashboard_link(self) -> str | None:
@@ -795,6 +815,15 @@ class DaskExecutor:
         with_results: Literal[True],
         raise_errors: Literal[False],
     ) -> AsCompleted[tuple[TaskHandle[T], T | Exception]]: ...
+    @overload
+    def as_completed(
+        self,
+        handles: Iterable[TaskHandle[T]] = (),
+        /,
+        *,
+        with_results: bool,
+        raise_errors: bool = True,
+    ) -> AsCompleted[TaskHandle[T] | tuple[TaskHandle[T], T | Exception]]: ...
     def as_completed(
         self,
         handles: Iterable[TaskHandle[Any]] = (),

@@ -25,12 +25,12 @@ if TYPE_CHECKING:
 __all__ = ["AsCompleted", "ResultStream"]
 
 T = TypeVar("T")
-Y = TypeVar("Y")
+Y_co = TypeVar("Y_co", covariant=True)
 
 _REASON_STREAM = "the result stream was closed"
 
 
-class AsCompleted(Generic[Y]):
+class AsCompleted(Generic[Y_co]):
     """An async iterator over tasks in the order they finish.
 
     Returned by :meth:`DaskExecutor.as_completed`; not created directly. Every handle added is
@@ -92,7 +92,7 @@ class AsCompleted(Generic[Y]):
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> Y:
+    async def __anext__(self) -> Y_co:
         await anyio.lowlevel.checkpoint()
         while not self._ready:
             if not self._waiting:
