@@ -6,6 +6,7 @@ import operator
 import uuid
 
 import anyio
+import distributed
 import pytest
 
 from dask_anyio import DaskExecutor, ExecutorStatistics, TaskCancelled
@@ -152,3 +153,20 @@ async def test_await_handle_in_a_timeout_leaves_the_task(external_cluster: Exter
         await ex.run(set_event, gate)
         await handle
         assert await ex.retrieve(handle) == gate
+
+
+async def test_call_client(external_cluster: ExternalCluster) -> None:
+    """call_client() calls a function with the Dask client on the client's loop and awaits
+    its result: the escape hatch to the rest of Dask's API, on every backend."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        workers = await ex.call_client(lambda client: client.run_on_scheduler(_workers))
+        assert workers == external_cluster.workers
+        assert await ex.call_client(lambda client, x: (client.id, x), 1) == (ex.client.id, 1)
+        handle = ex.submit(inc, 1)
+        await handle
+        who_has = await ex.call_client(distributed.Client.who_has, [handle._future])
+        assert list(who_has) == [handle.key]
+
+
+def _workers(dask_scheduler: object) -> list[str]:
+    return sorted(dask_scheduler.workers)  # type: ignore[attr-defined]
