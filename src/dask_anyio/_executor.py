@@ -408,7 +408,7 @@ class DaskExecutor:
             None, pure, priority, retries, resources, workers, allow_other_workers
         )
         if key is not None:
-            options["key"] = key
+            options["key"] = _check_prefix(key)
         columns = [self._unwrap(list(it)) for it in iterables]
         self._check_connected()
         futures = self._core.map(fn, columns, self._unwrap(kwargs), options)
@@ -454,7 +454,7 @@ class DaskExecutor:
         if isinstance(workers, str):
             workers = [workers]
         elif workers is not None:
-            workers = list(workers)
+            workers = list(workers) if isinstance(workers, Iterable) else [workers]
             if not all(isinstance(w, str) for w in workers):
                 raise ValueError(f"workers must be addresses or names (strings), not {workers!r}")
         if not isinstance(allow_other_workers, bool):
@@ -893,9 +893,7 @@ class DaskExecutor:
         options = self._options(
             None, False, priority, retries, resources, workers, allow_other_workers
         )
-        prefix = key
-        if prefix is not None and (not isinstance(prefix, str) or not prefix):
-            raise ValueError(f"key must be a non-empty string prefix, not {prefix!r}")
+        prefix = None if key is None else _check_prefix(key)
         fixed = self._unwrap(kwargs)
 
         def submit(item: Any) -> TaskHandle[Any]:
@@ -986,6 +984,14 @@ def _map_handles(obj: Any, fn: Callable[[TaskHandle[Any]], Any]) -> Any:
         pairs = ((k, _map_handles(v, fn)) for k, v in obj.items())
         return {k: v for k, v in pairs if v is not _SKIP}
     return obj
+
+
+def _check_prefix(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValueError(
+            f"key must be a non-empty string, used as the prefix of every key, not {key!r}"
+        )
+    return key
 
 
 def _checked_collection(fn: Callable[[Any], T], what: str, collection: Any) -> T:
