@@ -26,6 +26,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import distributed
 from dask.base import is_dask_collection
+from distributed.client import FutureCancelledError
 from distributed.deploy.cluster import Cluster
 
 from ._bridge import CoreRunner, open_core_runner
@@ -1009,7 +1010,7 @@ async def _cancel_reason(future: distributed.Future[Any]) -> str:
     """On the core loop: why Dask cancelled ``future`` (its ``FutureCancelledError``)."""
     try:
         await future.result()
-    except distributed.client.FutureCancelledError as error:
+    except FutureCancelledError as error:
         return str(error.reason or error)
     except Exception as error:  # pragma: no cover - the future was cancelled, not failed
         return repr(error)

@@ -1,0 +1,181 @@
+# pyright: strict, reportUnnecessaryTypeIgnoreComment=true
+"""The types users see, pinned with ``assert_type``; checked by type checkers, never run.
+
+``nox -s typecheck`` runs ``mypy --strict`` and ``pyright`` on this file. Not collected by
+pytest (its name does not start with ``test_``): the functions here only need to type-check.
+
+An expected error is marked ``# type: ignore[CODE]`` (mypy's error code), and both tools
+prove that the error is there: mypy --strict (``warn_unused_ignores``) reports a
+``type: ignore`` that suppresses nothing, or one whose code is not the error's, and pyright,
+with ``reportUnnecessaryTypeIgnoreComment`` on (first line of this file), reports a
+``type: ignore`` that suppresses nothing. Pyright honours ``type: ignore`` whatever its code,
+and before any ``pyright: ignore[RULE]`` on the same line, which would therefore always be
+reported as unnecessary: so there is none, and only mypy checks the kind of the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, assert_type
+
+import distributed
+from dask.delayed import Delayed
+
+from dask_anyio import (
+    AsCompleted,
+    DaskExecutor,
+    ExecutorStatistics,
+    ResultStream,
+    TaskHandle,
+    TaskStatus,
+)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def describe(n: int, label: str) -> float:
+    return float(n)
+
+
+def nothing() -> None:
+    pass
+
+
+async def check_executor() -> None:
+    async with DaskExecutor() as ex:
+        assert_type(ex, DaskExecutor)
+        assert_type(ex.client, distributed.Client)
+        assert_type(ex.dashboard_link, str | None)
+        assert_type(ex.statistics(), ExecutorStatistics)
+    async with DaskExecutor("tcp://127.0.0.1:8786", connect_timeout=5) as ex:
+        assert_type(ex, DaskExecutor)
+
+
+async def check_submit_and_retrieve(ex: DaskExecutor) -> None:
+    handle = ex.submit(double, 1)
+    assert_type(handle, TaskHandle[int])
+    assert_type(ex.submit(double, 1, key="k", pure=True, retries=2), TaskHandle[int])
+    assert_type(ex.submit(nothing), TaskHandle[None])
+    # a handle as an argument stands for its value on the cluster
+    assert_type(ex.submit(double, handle), TaskHandle[int])
+
+    assert_type(await ex.retrieve(handle), int)
+    assert_type(await handle, None)
+    assert_type(handle.status, TaskStatus)
+    assert_type(handle.key, str)
+    assert_type(handle.done(), bool)
+    assert_type(handle.cancel(), bool)
+
+    handles = ex.map(double, [1, 2, 3])
+    assert_type(handles, list[TaskHandle[int]])
+    assert_type(await ex.retrieve(handles[0]), int)
+
+    # TaskHandle is covariant: a handle of bool is a handle of int, not of str
+    flag = ex.submit(bool, 1)
+    assert_type(flag, TaskHandle[bool])
+    as_int: TaskHandle[int] = flag
+    as_str: TaskHandle[str] = flag  # type: ignore[assignment]
+    del as_int, as_str
+
+
+async def check_run(ex: DaskExecutor) -> None:
+    assert_type(await ex.run(describe, 1, "x"), float)
+    assert_type(await ex.run(describe, 1, label="x"), float)
+    assert_type(await ex.run(double, 2), int)
+    assert_type(await ex.run(nothing), None)
+    # run() checks the arguments against the function's parameters
+    await ex.run(describe, "1", "x")  # type: ignore[arg-type]
+    await ex.run(describe, 1, 2)  # type: ignore[arg-type]
+    await ex.run(describe, 1)  # type: ignore[call-arg]
+    await ex.run(describe, 1, "x", 2)  # type: ignore[call-arg]
+    await ex.run(describe, 1, lable="x")  # type: ignore[call-arg]
+
+
+async def check_as_completed(ex: DaskExecutor, flag: bool) -> None:
+    handles = ex.map(double, [1, 2, 3])
+
+    done = ex.as_completed(handles)
+    assert_type(done, AsCompleted[TaskHandle[int]])
+    async for handle in done:
+        assert_type(handle, TaskHandle[int])
+    done.add(ex.submit(double, 4))
+    assert_type(len(done), int)
+
+    async for handle, value in ex.as_completed(handles, with_results=True):
+        assert_type(handle, TaskHandle[int])
+        assert_type(value, int)
+    async for pair in ex.as_completed(handles, with_results=True, raise_errors=True):
+        assert_type(pair, tuple[TaskHandle[int], int])
+
+    async for handle, outcome in ex.as_completed(handles, with_results=True, raise_errors=False):
+        assert_type(handle, TaskHandle[int])
+        assert_type(outcome, int | Exception)
+
+    async for pair2 in ex.as_completed(handles, with_results=False, raise_errors=False):
+        assert_type(pair2, TaskHandle[int])
+
+    # flags known only at run time: either kind of item
+    async for item in ex.as_completed(handles, with_results=flag, raise_errors=flag):
+        assert_type(item, TaskHandle[int] | tuple[TaskHandle[int], int | Exception])
+
+    # no handles yet: say what will be added (the checkers cannot guess it)
+    later: AsCompleted[TaskHandle[int]] = ex.as_completed()
+    later.update(handles)
+    async for handle in later:
+        assert_type(handle, TaskHandle[int])
+    later_pairs: AsCompleted[tuple[TaskHandle[int], int]] = ex.as_completed(with_results=True)
+    del later_pairs
+    # AsCompleted is covariant, like any iterator
+    general: AsCompleted[TaskHandle[object]] = ex.as_completed(handles)
+    del general
+
+
+async def check_imap(ex: DaskExecutor) -> None:
+    stream = ex.imap(double, [1, 2, 3], max_in_flight=2)
+    assert_type(stream, ResultStream[int])
+    async with stream as results:
+        assert_type(results, ResultStream[int])
+        async for value in results:
+            assert_type(value, int)
+
+    async def numbers() -> AsyncIterator[int]:
+        yield 1
+
+    async for value in ex.imap(double, numbers(), max_in_flight=2, ordered=False):
+        assert_type(value, int)
+    # keyword arguments go to every call
+    async with ex.imap(describe, [1], max_in_flight=1, label="x") as floats:
+        async for number in floats:
+            assert_type(number, float)
+    # fn takes the item as its first argument
+    ex.imap(nothing, [1], max_in_flight=1)  # type: ignore[arg-type]
+
+
+async def check_scatter(ex: DaskExecutor, pair: tuple[int, str]) -> None:
+    assert_type(await ex.scatter([1, 2]), list[TaskHandle[int]])
+    assert_type(await ex.scatter({"a": 1.0}), dict[str, TaskHandle[float]])
+    assert_type(await ex.scatter(3), TaskHandle[int])
+    assert_type(await ex.scatter(pair), TaskHandle[tuple[int, str]])
+    assert_type(await ex.scatter([1, 2], broadcast=True), list[TaskHandle[int]])
+    # scattered data goes into tasks like any handle
+    [one, _] = await ex.scatter([1, 2])
+    assert_type(ex.submit(double, one), TaskHandle[int])
+
+
+async def check_collections(ex: DaskExecutor, lazy: Delayed) -> None:
+    persisted = await ex.persist(lazy)
+    assert_type(persisted, Delayed)
+    assert_type(await ex.compute(persisted), Any)
+    assert_type(await ex.gather([ex.submit(double, 1)]), Any)
+
+
+def client_info(client: distributed.Client, n: int) -> str:
+    return f"{client.id}: {n}"
+
+
+async def check_call_client(ex: DaskExecutor) -> None:
+    assert_type(await ex.call_client(client_info, 1), Any)
+    await ex.call_client(client_info, "one")  # type: ignore[arg-type]
+    await ex.call_client(client_info)  # type: ignore[call-arg]
