@@ -339,7 +339,8 @@ class DaskCore:
                 futures = list(sent.values() if isinstance(sent, dict) else sent)
                 for future in futures:
                     future.release()
-                await self.wait_forgotten({f.key for f in futures})
+                keys = {f.key for f in futures}
+                await self.wait_forgotten(keys, arrived=keys)
             raise
 
     async def exception(self, future: distributed.Future[Any]) -> BaseException:
@@ -353,11 +354,16 @@ class DaskCore:
         """Cancel ``futures`` on the cluster; return once the scheduler has forgotten them."""
         if not futures:
             return
+        arrived = {f.key for f in futures if f.status in ("finished", "error")}
         await self.client.cancel(list(futures), force=True, reason=reason, msg=reason)
-        await self.wait_forgotten({f.key for f in futures})
+        await self.wait_forgotten({f.key for f in futures}, arrived=arrived)
 
     async def wait_forgotten(
-        self, keys: Collection[Any], give_up_after: float = FORGET_TIMEOUT
+        self,
+        keys: Collection[Any],
+        *,
+        arrived: Collection[Any] = (),
+        give_up_after: float = FORGET_TIMEOUT,
     ) -> None:
         """Wait until the scheduler has forgotten ``keys``.
 
@@ -366,7 +372,10 @@ class DaskCore:
         connection. A key the scheduler does not hold may therefore be one it has not
         *received yet* (a task cancelled just after its submit): such a key counts as
         forgotten only when it is absent after the scheduler was seen holding it or its
-        transition log showed that it existed. Polls with a short, growing interval for
+        transition log showed that it existed, or when it is one of ``arrived``, keys known to
+        have reached the scheduler (it reported them finished or failed). The log is a
+        bounded deque: it forgets old keys, hence ``arrived``. Polls with a short, growing
+        interval for
         ``give_up_after`` seconds, then warns with the keys still held (for example, keys
         another client also wants).
         """
@@ -375,7 +384,7 @@ class DaskCore:
             return
         scheduler = self.client.scheduler
         assert scheduler is not None
-        seen: set[Any] = set()
+        seen: set[Any] = set(arrived)
         delay = 0.002
         loop = asyncio.get_running_loop()
         deadline = loop.time() + give_up_after

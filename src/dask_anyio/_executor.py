@@ -12,7 +12,6 @@ import enum
 import functools
 import math
 import threading
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable, Hashable, Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -254,15 +253,19 @@ class DaskExecutor:
     async def _release_all(self) -> list[TaskHandle[Any]]:
         """Freeze every handle's outcome, release its key and wait until the scheduler forgot."""
         released = list(self._handles.values())
+        # Keys released earlier were of finished or failed tasks: the scheduler had them.
+        arrived = set(self._released_keys)
         for handle in released:
             await self._freeze(handle)
             self._outcomes[handle.status] += 1
             self._core.release(handle._future)
             self._released_keys.add(handle._future.key)
+            if handle.status in (TaskStatus.FINISHED, TaskStatus.ERROR):
+                arrived.add(handle._future.key)
             self._notify(handle)
         self._handles.clear()
         keys, self._released_keys = self._released_keys, set()
-        await self._runner.run(self._core.wait_forgotten, keys)
+        await self._runner.run(functools.partial(self._core.wait_forgotten, keys, arrived=arrived))
         return released
 
     async def _freeze(self, handle: TaskHandle[Any]) -> None:
@@ -520,7 +523,8 @@ class DaskExecutor:
             h._future.key for h in handles if self._forget_handle(h) and h.key not in cancelled
         ]
         try:
-            await self._runner.run(self._core.wait_forgotten, released)
+            confirm = functools.partial(self._core.wait_forgotten, released, arrived=released)
+            await self._runner.run(confirm)
         except Exception:  # the exit confirms the release again
             logger.warning("could not release %d tasks", len(released), exc_info=True)
             self._confirm_released(*released)
@@ -897,11 +901,13 @@ class DaskExecutor:
         prefix = None if key is None else _check_prefix(key)
         fixed = self._unwrap(kwargs)
 
-        def submit(item: Any) -> TaskHandle[Any]:
-            item_options = options
-            if prefix is not None:
-                item_options = {**options, "key": f"{prefix}-{uuid.uuid4()}"}
-            return self._submit(fn, (item,), fixed, item_options)
+        if prefix is not None:
+            options["key"] = prefix
+
+        def submit(items: list[Any]) -> list[TaskHandle[Any]]:
+            self._check_connected()
+            futures = self._core.map(fn, [self._unwrap(items)], fixed, options)
+            return [self._adopt(f) for f in futures]
 
         return ResultStream(_Stream(self, submit, iterable, max_in_flight, ordered))
 
@@ -928,12 +934,13 @@ class DaskExecutor:
         )
 
     def _confirm_released(self, *keys: Hashable) -> None:
-        """Remember released keys, to confirm with the scheduler that they were forgotten: at
-        exit, or in the background once enough have gathered (so memory stays bounded)."""
+        """Remember released keys of finished or failed tasks, to confirm with the scheduler
+        that they were forgotten: at exit, or in the background once enough have gathered
+        (so memory stays bounded)."""
         self._released_keys.update(keys)
         if len(self._released_keys) >= _CONFIRM_BATCH and self._state is _State.OPEN:
             batch, self._released_keys = self._released_keys, set()
-            confirm = functools.partial(self._core.wait_forgotten, batch)
+            confirm = functools.partial(self._core.wait_forgotten, batch, arrived=batch)
             self._tg.start_soon(self._in_background, confirm)
 
     # -- cancelling ------------------------------------------------------------------------

@@ -9,7 +9,14 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from contextlib import aclosing
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
@@ -17,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 import anyio
 import anyio.lowlevel
 
-from ._handle import TaskHandle
+from ._handle import TaskHandle, TaskStatus
 
 if TYPE_CHECKING:
     from ._executor import DaskExecutor
@@ -28,6 +35,8 @@ T = TypeVar("T")
 Y_co = TypeVar("Y_co", covariant=True)
 
 _REASON_STREAM = "the result stream was closed"
+#: The most values fetched in one request.
+_FETCH_BATCH = 1000
 
 
 class AsCompleted(Generic[Y_co]):
@@ -125,7 +134,7 @@ class _Stream:
     def __init__(
         self,
         executor: DaskExecutor,
-        submit: Callable[[Any], TaskHandle[Any]],
+        submit: Callable[[list[Any]], list[TaskHandle[Any]]],
         source: Iterable[Any] | AsyncIterable[Any],
         max_in_flight: int,
         ordered: bool,
@@ -133,13 +142,18 @@ class _Stream:
         self.executor = executor
         self.submit = submit
         self.source = source
-        #: Slots left: how many more tasks may be submitted before one is yielded.
+        #: Slots free: tasks that may be submitted now, the tasks that had them having been
+        #: yielded and released.
         self.free: int = max_in_flight
+        #: How many slots must be free before a sync source is read again.
+        self.refill: int = max(1, max_in_flight // 8)
         self.ordered = ordered
-        #: Submitted, not yet yielded, in submission order.
-        self.in_flight: deque[TaskHandle[Any]] = deque()
+        #: Submitted, not yet yielded, in submission order (a dict: removal in O(1)).
+        self.in_flight: dict[str, TaskHandle[Any]] = {}
         #: Done, in completion order (used when not ordered).
         self.ready: deque[TaskHandle[Any]] = deque()
+        #: Values fetched together, not yet yielded: the first handles of the queue.
+        self.fetched: deque[tuple[TaskHandle[Any], Any]] = deque()
         #: Yielded; to release before the next submission.
         self.consumed: list[TaskHandle[Any]] = []
         self.source_error: Exception | None = None
@@ -174,8 +188,11 @@ class _Stream:
         """Pull items from the source and submit them, at most ``max_in_flight`` at a time."""
         try:
             with self.feeder_scope:
-                async with aclosing(_items(self.source)) as iterator:
-                    await self.feed_from(iterator)
+                if isinstance(self.source, AsyncIterable):
+                    async with aclosing(_async_items(self.source)) as items:
+                        await self.feed_async(items)
+                else:
+                    await self.feed_sync(iter(self.source))
         except Exception as error:  # from the source, or an item that cannot be submitted
             self.source_error = error
         finally:
@@ -183,23 +200,55 @@ class _Stream:
             self.feeder_done.set()
             self.wake()
 
-    async def feed_from(self, iterator: AsyncIterator[Any]) -> None:
-        """Submit the items of ``iterator`` as slots free up, until it is exhausted."""
+    async def feed_async(self, items: AsyncIterator[Any]) -> None:
+        """Submit each item as it comes (an async source may pause between items)."""
         while True:
-            while self.free <= 0:
-                self.space = anyio.Event()
-                await self.space.wait()
-            if self.consumed:
-                await self.release_consumed()
+            await self.wait_for_space(1)
             try:
-                item = await anext(iterator)
+                item = await anext(items)
             except StopAsyncIteration:
                 return
-            handle = self.submit(item)
+            self.submit_batch([item])
+
+    async def feed_sync(self, items: Iterator[Any]) -> None:
+        """Submit the items in batches, once a good share of the slots is free: one graph
+        message for many tasks costs the scheduler far less than one message each."""
+        while True:
+            await self.wait_for_space(self.refill)
+            batch, error, exhausted = _take(items, self.free)
+            if batch:
+                self.submit_batch(batch)
+            if error is not None:
+                raise error
+            if exhausted:
+                return
+
+    async def wait_for_space(self, slots: int) -> None:
+        """Wait until ``slots`` slots are free: their tasks yielded, and released."""
+        await anyio.lowlevel.checkpoint()
+        while True:
+            if self.consumed and self.free + len(self.consumed) >= slots:
+                await self.release_consumed()
+            if self.free >= slots:
+                return
+            self.space = anyio.Event()
+            await self.space.wait()
+
+    def submit_batch(self, items: list[Any]) -> None:
+        """Submit ``items``; if one cannot be submitted, submit those before it, then raise."""
+        try:
+            handles = self.submit(items)
+        except Exception:
+            if len(items) == 1:
+                raise
+            for item in items:  # find the culprit, keeping the items before it
+                self.submit_batch([item])
+            return
+        for handle in handles:
             self.free -= 1
-            self.in_flight.append(handle)
+            self.in_flight[handle.key] = handle
             self.executor._watch(handle, functools.partial(self.on_done, handle))
-            self.wake()
+        self.wake()
 
     async def release_consumed(self) -> None:
         """Release yielded tasks; the scheduler forgets them before the next submission."""
@@ -210,25 +259,19 @@ class _Stream:
         futures = [h._future for h in consumed]
         await executor._runner.run(executor._core.release_before_next_submit, futures)
         executor._confirm_released(*(h._future.key for h in consumed))
+        self.free += len(consumed)
 
-    def next_ready(self) -> TaskHandle[Any] | None:
-        """The next handle to yield if it is done, else ``None``."""
-        if self.ordered:
-            if self.in_flight and self.in_flight[0].done():
-                return self.in_flight[0]
-            return None
-        return self.ready[0] if self.ready else None
+    def queue(self) -> Iterator[TaskHandle[Any]]:
+        """The handles in the order they are to be yielded, as far as known."""
+        return iter(self.in_flight.values()) if self.ordered else iter(self.ready)
 
     def take(self, handle: TaskHandle[Any]) -> None:
         """``handle`` was yielded: free its slot."""
-        if self.ordered:
-            self.in_flight.popleft()
-        else:
+        del self.in_flight[handle.key]
+        if not self.ordered:
             self.ready.popleft()
-            self.in_flight.remove(handle)
         handle._observed = True
         self.consumed.append(handle)
-        self.free += 1
         self.space.set()
 
     async def next(self) -> Any:
@@ -240,29 +283,43 @@ class _Stream:
             self.executor._check_open()
             self.start()
         try:
-            handle = await self.wait_next()
-            value = None if handle is None else await self.executor.retrieve(handle)
+            await anyio.lowlevel.checkpoint()
+            if not self.fetched:
+                await self.fetch()
         except BaseException:  # a failed task, or the caller cancelled: stop it all
             with anyio.CancelScope(shield=True):
                 await self.aclose()
             raise
-        if handle is None:  # the source is exhausted and every result yielded
+        if not self.fetched:  # the source is exhausted and every result yielded
             error = self.source_error
             await self.aclose()
             if error is not None:
                 raise error
             raise StopAsyncIteration
+        handle, value = self.fetched.popleft()
         self.take(handle)
         return value
 
-    async def wait_next(self) -> TaskHandle[Any] | None:
-        """Wait for the next task to yield; ``None`` once there are no more."""
-        while (handle := self.next_ready()) is None:
+    async def fetch(self) -> None:
+        """Wait for the next task to be done, and fetch its value with those of the tasks
+        done after it (in one request per worker); raise its failure if it failed."""
+        while (first := next(self.queue(), None)) is None or not first.done():
             if self.fed_all and not self.in_flight:
-                return None
+                return
             self.wakeup = anyio.Event()
             await self.wakeup.wait()
-        return handle
+        batch = list(
+            itertools.islice(
+                itertools.takewhile(lambda h: h.status is TaskStatus.FINISHED, self.queue()),
+                _FETCH_BATCH,
+            )
+        )
+        if not batch:  # the first one failed or was cancelled: raise that
+            self.fetched.append((first, await self.executor.retrieve(first)))
+            return
+        executor = self.executor
+        values = await executor._runner.run(executor._core.gather, [h._future for h in batch])
+        self.fetched.extend(zip(batch, values, strict=True))
 
     async def aclose(self) -> None:
         """Stop submitting, cancel what is in flight, release it all. Idempotent."""
@@ -277,10 +334,11 @@ class _Stream:
                 await self.feeder_done.wait()
             executor = self.executor
             executor._streams.discard(self)
-            leftover = [*self.consumed, *self.in_flight]
+            leftover = [*self.consumed, *self.in_flight.values()]
             self.consumed.clear()
             self.in_flight.clear()
             self.ready.clear()
+            self.fetched.clear()
             for handle in leftover:
                 handle._observed = True  # the stream stopped caring about them
             try:
@@ -294,15 +352,24 @@ class _Stream:
             self.executor._tg.start_soon(self.aclose)
 
 
-async def _items(source: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
-    """The items of a sync or async iterable, as an async iterator."""
-    if isinstance(source, AsyncIterable):
-        async for item in source:
-            yield item
-    else:
-        for item in source:
-            yield item
-            await anyio.lowlevel.checkpoint()
+async def _async_items(source: AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
+    """The items of ``source``, in a generator the stream can close (``source`` itself is the
+    caller's to close)."""
+    async for item in source:
+        yield item
+
+
+def _take(items: Iterator[Any], n: int) -> tuple[list[Any], Exception | None, bool]:
+    """Up to ``n`` items; the exception the iterator raised, if any; whether it ended."""
+    batch: list[Any] = []
+    try:
+        for _ in range(n):
+            batch.append(next(items))
+    except StopIteration:
+        return batch, None, True
+    except Exception as error:
+        return batch, error, True
+    return batch, None, False
 
 
 class ResultStream(Generic[T]):
