@@ -17,7 +17,7 @@ import reprlib
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import dask.config
 import distributed
@@ -30,6 +30,8 @@ from distributed.security import Security
 __all__ = ["DaskCore", "SubmitOptions"]
 
 logger = logging.getLogger("dask_anyio")
+
+T = TypeVar("T")
 
 #: Options passed through to :meth:`distributed.Client.submit` and ``map``.
 SubmitOptions = Mapping[str, Any]
@@ -61,6 +63,26 @@ def _raise_if_unpicklable(error: Exception, parts: Iterable[tuple[str, Any]]) ->
                 f"cannot send the {what} ({reprlib.repr(obj)}) to the cluster: it cannot be "
                 f"pickled ({cause})"
             ) from error
+
+
+async def _not_cancelled(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` in its own task, which a cancellation of the caller leaves running.
+
+    For Dask's gathers: the client shares one gathering task between concurrent callers and
+    keeps it for the next ones; cancelled before it ran, it fails every later gather of the
+    client with CancelledError. A gather left running finishes, and its data is dropped.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_retrieve_outcome)
+        raise
+
+
+def _retrieve_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: asyncio must not log it as never retrieved
 
 
 class DaskCore:
@@ -286,27 +308,29 @@ class DaskCore:
         """Drop our reference to ``future``'s key. Thread-safe; the scheduler is told later."""
         future.release()
 
-    async def release_before_next_submit(self, futures: Iterable[distributed.Future[Any]]) -> None:
-        """Release ``futures`` so that the scheduler forgets them before any later submit.
+    async def wait_released(self, keys: Collection[Any]) -> None:
+        """Wait until the client has sent the release of ``keys`` (released with
+        :meth:`release`): a submit made after this reaches the scheduler after the release.
 
         Dask sends releases and submissions on one ordered stream, and queues a release on
-        the client's loop only once its reference count dropped: wait for that, and a submit
-        made after this returns reaches the scheduler after the release.
+        the client's loop as soon as the key's reference count drops to zero: that takes a
+        loop turn or two.
         """
-        keys = set()
-        for future in futures:
-            future.release()
-            keys.add(future.key)
-        for _ in range(100):  # a few loop turns; bounded in case Dask changes
-            if keys.isdisjoint(self.client.refcount):
+        for _ in range(100):  # bounded, in case Dask changes how it releases
+            if self.client.refcount.keys().isdisjoint(keys):
                 return
             await asyncio.sleep(0)
+        logger.warning(
+            "the Dask client did not release %d keys in time: a result stream may briefly "
+            "hold more than max_in_flight tasks on the cluster",
+            len(keys),
+        )
 
     # -- coroutines (core loop only) -------------------------------------------------------
 
     async def result(self, future: distributed.Future[Any]) -> Any:
-        """Fetch the value of a finished future."""
-        return await future.result()
+        """Fetch the value of a finished future. Cancelling this stops the waiting only."""
+        return await _not_cancelled(future.result())
 
     async def call(
         self, fn: Callable[..., object], args: tuple[Any, ...], kwargs: Mapping[str, Any]
@@ -321,7 +345,7 @@ class DaskCore:
         """Fetch the values of finished futures, in one request per worker."""
         if not futures:
             return []
-        values: list[Any] = await self.client.gather(futures)
+        values: list[Any] = await _not_cancelled(self.client.gather(futures))
         return values
 
     async def scatter(self, data: list[Any] | dict[Any, Any], broadcast: bool) -> Any:
@@ -375,9 +399,8 @@ class DaskCore:
         transition log showed that it existed, or when it is one of ``arrived``, keys known to
         have reached the scheduler (it reported them finished or failed). The log is a
         bounded deque: it forgets old keys, hence ``arrived``. Polls with a short, growing
-        interval for
-        ``give_up_after`` seconds, then warns with the keys still held (for example, keys
-        another client also wants).
+        interval for ``give_up_after`` seconds, then warns with the keys still held (for
+        example, keys another client also wants).
         """
         remaining = list(keys)
         if not remaining or self.client.status != "running":
@@ -386,33 +409,32 @@ class DaskCore:
         assert scheduler is not None
         seen: set[Any] = set(arrived)
         delay = 0.002
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + give_up_after
-        while True:
-            try:
-                states = await scheduler.get_task_status(keys=remaining)
-                held = [k for k, state in states.items() if state not in (None, "forgotten")]
-                seen.update(held)
-                absent = [k for k in remaining if k not in seen and k not in held]
-                if absent:  # gone, or not arrived yet? The transition log tells if it existed;
-                    # the next poll, if it is still there (it may have arrived just now).
-                    story = await scheduler.get_story(keys_or_stimuli=absent)
-                    seen.update(transition[0] for transition in story)
-                    held += absent
-            except (OSError, CommClosedError):
-                logger.debug("scheduler unreachable while releasing keys", exc_info=True)
-                return
-            remaining = held
-            if not remaining:
-                return
-            if loop.time() >= deadline:
-                warnings.warn(
-                    f"the scheduler still holds {len(remaining)} released key(s) after "
-                    f"{give_up_after:g} s, for example {remaining[0]!r}; another client may "
-                    "want them",
-                    RuntimeWarning,
-                    stacklevel=1,
-                )
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        try:
+            async with asyncio.timeout(give_up_after):  # the requests too: bounded cleanup
+                while True:
+                    try:
+                        states = await scheduler.get_task_status(keys=remaining)
+                        held = [k for k, st in states.items() if st not in (None, "forgotten")]
+                        seen.update(held)
+                        absent = [k for k in remaining if k not in seen and k not in held]
+                        if absent:  # gone, or not arrived yet? The transition log tells if
+                            # it existed; the next poll, if it is still there.
+                            story = await scheduler.get_story(keys_or_stimuli=absent)
+                            seen.update(transition[0] for transition in story)
+                            held += absent
+                    except (OSError, CommClosedError):
+                        logger.debug("scheduler unreachable while releasing keys", exc_info=True)
+                        return
+                    remaining = held
+                    if not remaining:
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+        except TimeoutError:
+            warnings.warn(
+                f"the scheduler still holds {len(remaining)} released key(s) after "
+                f"{give_up_after:g} s, for example {remaining[0]!r}; another client may want "
+                "them",
+                RuntimeWarning,
+                stacklevel=1,
+            )

@@ -34,7 +34,7 @@ def _task_keys(dask_scheduler: Any) -> list[str]:
 
 
 async def _scheduler_keys(ex: DaskExecutor) -> list[str]:
-    keys: list[str] = await ex._runner.run(ex._core.client.run_on_scheduler, _task_keys)
+    keys: list[str] = await ex.call_client(lambda client: client.run_on_scheduler(_task_keys))
     return keys
 
 

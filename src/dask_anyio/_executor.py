@@ -133,6 +133,8 @@ class DaskExecutor:
         self._streams: set[_Stream] = set()
         self._submitted = 0
         self._outcomes: Counter[TaskStatus] = Counter()
+        #: Keys that run() and compute() calls are waiting for, with how many calls.
+        self._calls: Counter[Hashable] = Counter()
         self._core: DaskCore
         self._core_opened = False
         self._runner: CoreRunner
@@ -210,7 +212,7 @@ class DaskExecutor:
                     for h in released
                     if h._failure is not None
                     and not h._observed
-                    and not h._cancel_requested
+                    and h._cancel_reason is None
                     # on an error exit, the executor itself cancelled what was pending
                     and (error is None or h._final_status is TaskStatus.ERROR)
                 ]
@@ -241,7 +243,7 @@ class DaskExecutor:
             return None
         if cleanup_errors:
             raise cleanup_errors[0]
-        failures = unobserved + self._background_errors
+        failures = _one_scheduler_lost(unobserved) + self._background_errors
         if failures:
             raise ExceptionGroup("tasks failed and nobody awaited them", failures)
         return None
@@ -496,14 +498,18 @@ class DaskExecutor:
         self._submitted += 1
         return handle
 
-    def _forget_handle(self, handle: TaskHandle[Any], *, release: bool = True) -> bool:
-        """Stop owning ``handle``: freeze its status, count its outcome, release its key."""
-        if self._handles.pop(handle.key, None) is None:
+    def _forget_handle(self, handle: TaskHandle[Any]) -> bool:
+        """Stop owning ``handle``: freeze its status, count its outcome, release its key.
+
+        :return: ``False`` if that was done already.
+        """
+        if handle._final_status is not None:
             return False
+        if self._handles.get(handle.key) is handle:
+            del self._handles[handle.key]
         handle._final_status = handle.status
         self._outcomes[handle._final_status] += 1
-        if release:
-            self._core.release(handle._future)
+        self._core.release(handle._future)
         return True
 
     async def _forget_handles(self, handles: list[TaskHandle[Any]], reason: str) -> None:
@@ -511,7 +517,7 @@ class DaskExecutor:
         scheduler forgot them. Call it shielded."""
         pending = [h for h in handles if not h.done()]
         for handle in pending:
-            handle._cancel_requested = True
+            handle._cancel_reason = reason
             self._notify(handle)
         try:
             await self._runner.run(self._core.cancel, [h._future for h in pending], reason)
@@ -610,8 +616,8 @@ class DaskExecutor:
         if handle._final_status is not None:
             return handle._failure
         status = handle.status
-        if handle._cancel_requested:
-            return TaskCancelled(handle.key, _REASON_HANDLE)
+        if handle._cancel_reason is not None:
+            return TaskCancelled(handle.key, handle._cancel_reason)
         if status is TaskStatus.ERROR:
             error = await self._runner.run(self._core.exception, handle._future)
             if isinstance(error, Exception):
@@ -642,7 +648,7 @@ class DaskExecutor:
 
         Checkpoint. Waits until the task is done; raises the task's own exception if it
         failed, :exc:`TaskCancelled` if it was cancelled. Cancelling the caller stops the
-        waiting and the transfer, not the task.
+        waiting (a transfer under way finishes, and is dropped), not the task.
 
         :raises ValueError: if the handle belongs to another executor.
         :raises RuntimeError: if the executor has exited (its data is released).
@@ -650,8 +656,18 @@ class DaskExecutor:
         self._check_handle(handle)
         self._check_open()
         await self._wait(handle)
-        value: T = await self._runner.run(self._core.result, handle._future)
+        value: T = await self._value_of(handle)
         return value
+
+    async def _value_of(self, handle: TaskHandle[Any]) -> Any:
+        """Fetch the value of a finished task; its failure if it was cancelled meanwhile."""
+        try:
+            return await self._runner.run(self._core.result, handle._future)
+        except FutureCancelledError:  # released or cancelled while its value was on the way
+            failure = await self._failure_of(handle)
+            if failure is None:
+                failure = TaskCancelled(handle.key, "its key was released before its value came")
+            raise failure from None
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` on the cluster and return its value.
@@ -668,18 +684,29 @@ class DaskExecutor:
         return value
 
     async def _result_of_call(self, handle: TaskHandle[Any]) -> Any:
-        """Wait for and return the value of a task that belongs to this call (see run())."""
+        """Wait for and return the value of a task that belongs to this call (see run()).
+
+        Others may hold its key too (a compute() of a persisted collection, two compute()
+        calls of one collection): then this call lets go of its own reference only.
+        """
+        key = handle._future.key
+        self._calls[key] += 1
         handle._observed = True
         try:
             await self._wait(handle)
-            return await self._runner.run(self._core.result, handle._future)
+            return await self._value_of(handle)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await self._forget_handles([handle], _REASON_SCOPE)
+                if self._calls[key] == 1 and self._handles.get(handle.key) in (None, handle):
+                    await self._forget_handles([handle], _REASON_SCOPE)
             raise
         finally:
-            if self._forget_handle(handle):
-                self._confirm_released(handle._future.key)
+            self._calls[key] -= 1
+            if not self._calls[key]:
+                del self._calls[key]
+            sole = key not in self._calls and self._handles.get(handle.key) in (None, handle)
+            if self._forget_handle(handle) and sole:
+                self._confirm_released(key)
 
     async def compute(self, collection: Any, /) -> Any:
         """Compute a Dask collection on the cluster and return its value.
@@ -696,7 +723,11 @@ class DaskExecutor:
         self._check_connected()
         compute = functools.partial(_checked_collection, self._core.compute, "compute")
         future = await anyio.to_thread.run_sync(compute, collection)
-        return await self._result_of_call(self._adopt(future))
+        handle: TaskHandle[Any] = TaskHandle(self, future)
+        if handle.key not in self._handles:  # else: a key held here already (persisted, or
+            self._handles[handle.key] = handle  # computed by another call): share it
+            self._submitted += 1
+        return await self._result_of_call(handle)
 
     async def persist(self, collection: C, /) -> C:
         """Start computing a Dask collection on the cluster; return it backed by that work.
@@ -952,7 +983,7 @@ class DaskExecutor:
             return False
         if self._state is _State.OPEN:
             self._check_open()  # the right thread
-        handle._cancel_requested = True
+        handle._cancel_reason = _REASON_HANDLE
         self._notify(handle)
         self._cancel_batch.append(handle._future)
         if len(self._cancel_batch) == 1:  # the first of a burst: tell the cluster soon, once
@@ -992,6 +1023,16 @@ def _map_handles(obj: Any, fn: Callable[[TaskHandle[Any]], Any]) -> Any:
         pairs = ((k, _map_handles(v, fn)) for k, v in obj.items())
         return {k: v for k, v in pairs if v is not _SKIP}
     return obj
+
+
+def _one_scheduler_lost(failures: list[Exception]) -> list[Exception]:
+    """``failures`` with its SchedulerLost errors (one per pending task) told once."""
+    lost = [f for f in failures if isinstance(f, SchedulerLost)]
+    if len(lost) <= 1:
+        return failures
+    summary = SchedulerLost(lost[0].address)
+    summary.add_note(f"{len(lost)} tasks nobody awaited were pending: their outcome is unknown")
+    return [f for f in failures if not isinstance(f, SchedulerLost)] + [summary]
 
 
 def _check_prefix(key: object) -> str:

@@ -111,7 +111,7 @@ class TaskHandle(Generic[T_co]):
 
     __slots__ = (
         "__weakref__",
-        "_cancel_requested",
+        "_cancel_reason",
         "_executor",
         "_failure",
         "_final_status",
@@ -129,7 +129,8 @@ class TaskHandle(Generic[T_co]):
         #: Whether a done-callback is registered with Dask's future.
         self._registered = False
         self._observed = False
-        self._cancel_requested = False
+        #: Why the executor cancelled it, if it did.
+        self._cancel_reason: str | None = None
         self._final_status: TaskStatus | None = None
         self._failure: Exception | None = None
 
@@ -143,7 +144,7 @@ class TaskHandle(Generic[T_co]):
         """The task's current :class:`TaskStatus`. Frozen when the executor closes."""
         if self._final_status is not None:
             return self._final_status
-        if self._cancel_requested:
+        if self._cancel_reason is not None:
             return TaskStatus.CANCELLED
         return TaskStatus(cast(str, self._future.status))
 

@@ -88,8 +88,9 @@ class AsCompleted(Generic[Y_co]):
     def _on_done(self, token: int) -> None:
         handle, _ = self._waiting.pop(token)
         self._ready.append(handle)
-        if self._wakeup is not None:
+        if self._wakeup is not None:  # wake every waiting iteration; the next waits anew
             self._wakeup.set()
+            self._wakeup = None
 
     def _detach(self) -> None:
         """Stop watching the handles not yielded yet."""
@@ -106,7 +107,8 @@ class AsCompleted(Generic[Y_co]):
         while not self._ready:
             if not self._waiting:
                 raise StopAsyncIteration
-            self._wakeup = anyio.Event()
+            if self._wakeup is None:
+                self._wakeup = anyio.Event()
             await self._wakeup.wait()
         handle = self._ready.popleft()
         if not self._with_results:
@@ -158,6 +160,7 @@ class _Stream:
         self.consumed: list[TaskHandle[Any]] = []
         self.source_error: Exception | None = None
         self.started: bool = False
+        self.reading: bool = False
         self.fed_all: bool = False
         self.closed: bool = False
         self.feeder_done: anyio.Event = anyio.Event()
@@ -236,6 +239,8 @@ class _Stream:
 
     def submit_batch(self, items: list[Any]) -> None:
         """Submit ``items``; if one cannot be submitted, submit those before it, then raise."""
+        if self.closed:
+            return
         try:
             handles = self.submit(items)
         except Exception:
@@ -254,11 +259,11 @@ class _Stream:
         """Release yielded tasks; the scheduler forgets them before the next submission."""
         consumed, self.consumed = self.consumed, []
         executor = self.executor
-        for handle in consumed:
-            executor._forget_handle(handle, release=False)
-        futures = [h._future for h in consumed]
-        await executor._runner.run(executor._core.release_before_next_submit, futures)
-        executor._confirm_released(*(h._future.key for h in consumed))
+        for handle in consumed:  # released here and now, whatever happens to this task
+            executor._forget_handle(handle)
+        keys = [h._future.key for h in consumed]
+        executor._confirm_released(*keys)
+        await executor._runner.run(executor._core.wait_released, keys)
         self.free += len(consumed)
 
     def queue(self) -> Iterator[TaskHandle[Any]]:
@@ -279,17 +284,28 @@ class _Stream:
         or on an error."""
         if self.closed:
             raise StopAsyncIteration
+        if self.reading:
+            raise anyio.BusyResourceError("iterating this result stream")
         if not self.started:
             self.executor._check_open()
             self.start()
+        self.reading = True
         try:
-            await anyio.lowlevel.checkpoint()
-            if not self.fetched:
-                await self.fetch()
-        except BaseException:  # a failed task, or the caller cancelled: stop it all
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
-            raise
+            try:
+                await anyio.lowlevel.checkpoint()
+                if not self.fetched:
+                    await self.fetch()
+            except BaseException:  # a failed task, or the caller cancelled: stop it all
+                with anyio.CancelScope(shield=True):
+                    await self.aclose()
+                raise
+        finally:
+            self.reading = False
+        if self.closed:  # by another task, or by the executor's exit, while we waited
+            raise anyio.ClosedResourceError(
+                "the result stream was closed (by another task or by the executor's exit) "
+                "while this iteration waited"
+            )
         if not self.fetched:  # the source is exhausted and every result yielded
             error = self.source_error
             await self.aclose()
@@ -304,7 +320,7 @@ class _Stream:
         """Wait for the next task to be done, and fetch its value with those of the tasks
         done after it (in one request per worker); raise its failure if it failed."""
         while (first := next(self.queue(), None)) is None or not first.done():
-            if self.fed_all and not self.in_flight:
+            if self.closed or (self.fed_all and not self.in_flight):
                 return
             self.wakeup = anyio.Event()
             await self.wakeup.wait()
@@ -315,11 +331,14 @@ class _Stream:
             )
         )
         if not batch:  # the first one failed or was cancelled: raise that
-            self.fetched.append((first, await self.executor.retrieve(first)))
+            value = await self.executor.retrieve(first)
+            if not self.closed:
+                self.fetched.append((first, value))
             return
         executor = self.executor
         values = await executor._runner.run(executor._core.gather, [h._future for h in batch])
-        self.fetched.extend(zip(batch, values, strict=True))
+        if not self.closed:
+            self.fetched.extend(zip(batch, values, strict=True))
 
     async def aclose(self) -> None:
         """Stop submitting, cancel what is in flight, release it all. Idempotent."""
@@ -329,6 +348,7 @@ class _Stream:
             return
         self.closed = True
         self.feeder_scope.cancel()
+        self.wake()
         with anyio.CancelScope(shield=True):
             if self.started:
                 await self.feeder_done.wait()
@@ -383,7 +403,10 @@ class ResultStream(Generic[T]):
 
     Each iteration is a checkpoint. A failed task raises its exception from the iteration and
     closes the stream; so does an exception from the source iterable, after the results of
-    the items before it.
+    the items before it. One task at a time may iterate a stream (another one gets
+    :exc:`anyio.BusyResourceError`); an iteration that waits while the stream is closed
+    elsewhere (by :meth:`aclose` in another task, or by the executor's exit) raises
+    :exc:`anyio.ClosedResourceError`. Iterating a closed stream ends at once.
     """
 
     def __init__(self, stream: _Stream) -> None:
