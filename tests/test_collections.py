@@ -143,3 +143,31 @@ async def test_compute_refuses_what_is_not_a_collection(external_cluster: Extern
             await ex.compute(42)
         with pytest.raises(TypeError, match="needs a Dask collection"):
             await ex.persist([1, 2])
+
+
+async def test_compute_of_shared_keys(external_cluster: ExternalCluster) -> None:
+    """compute() of a persisted collection, twice, leaves the persisted work alone; of one
+    collection in two calls, cancelling one call leaves the other's result."""
+    gate = f"gate-{uuid.uuid4()}"
+    async with DaskExecutor(external_cluster.address) as ex:
+        persisted = await ex.persist(dask.delayed(inc)(1))
+        assert await ex.compute(persisted) == 2
+        assert await ex.compute(persisted) == 2
+
+        shared = dask.delayed(len)(dask.delayed(wait_for_event)(gate))
+        values: list[int] = []
+
+        async def keep() -> None:
+            values.append(await ex.compute(shared))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep)
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as doomed:
+                    doomed.start_soon(ex.compute, shared)
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()
+            assert scope.cancelled_caught
+            await ex.run(set_event, gate)
+        assert values == [len(gate)]
+    assert external_cluster.scheduler_keys() == set()

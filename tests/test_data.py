@@ -170,3 +170,23 @@ async def test_call_client(external_cluster: ExternalCluster) -> None:
 
 def _workers(dask_scheduler: object) -> list[str]:
     return sorted(dask_scheduler.workers)  # type: ignore[attr-defined]
+
+
+async def test_cancelled_retrieves_never_break_retrieving(
+    external_cluster: ExternalCluster,
+) -> None:
+    """Cancelling retrieve() or gather() at any point leaves later ones working (Dask's
+    client shares one gathering task between callers)."""
+    from .tasks import make_bytes
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        handle = ex.submit(make_bytes, 1 << 16)
+        await handle
+        for turns in range(25):
+            for fetch in (ex.retrieve, ex.gather):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(fetch, handle)
+                    for _ in range(turns):
+                        await anyio.lowlevel.checkpoint()
+                    tg.cancel_scope.cancel()
+                assert len(await ex.retrieve(handle)) == 1 << 16

@@ -317,3 +317,67 @@ async def test_imap_task_cancelled_elsewhere(external_cluster: ExternalCluster) 
                 with pytest.raises(TaskCancelled):
                     await anext(results)
             await ex.run(set_event, event)
+
+
+async def test_as_completed_shared_by_two_tasks(external_cluster: ExternalCluster) -> None:
+    """Two tasks iterating one as_completed share its handles; neither hangs."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        handles = ex.map(inc, range(10))
+        stream = ex.as_completed(handles)
+        seen: list[list[TaskHandle[int]]] = [[], []]
+
+        async def drain(into: list[TaskHandle[int]]) -> None:
+            async for handle in stream:
+                into.append(handle)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain, seen[0])
+                tg.start_soon(drain, seen[1])
+        assert sorted(seen[0] + seen[1], key=handles.index) == handles
+
+
+async def test_result_stream_has_one_reader(external_cluster: ExternalCluster) -> None:
+    """A second task iterating a stream at the same time gets BusyResourceError."""
+    event = f"gate-{uuid.uuid4()}"
+    async with DaskExecutor(external_cluster.address) as ex:
+        results = ex.imap(gated, [("wait", event)], max_in_flight=1)
+        async with results, anyio.create_task_group() as tg:
+            tg.start_soon(anext, results)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(anyio.BusyResourceError):
+                await anext(results)
+            await ex.run(set_event, event)
+        assert [v async for v in results] == []
+
+
+async def test_stream_closed_while_an_iteration_waits(external_cluster: ExternalCluster) -> None:
+    """aclose() from another task, or the executor's exit, wakes a waiting iteration with
+    ClosedResourceError: no hang, no silent end."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        results = ex.imap(inc, range(3), max_in_flight=1, resources=ABSENT)
+        async with anyio.create_task_group() as tg:
+
+            async def close_soon() -> None:
+                await anyio.wait_all_tasks_blocked()
+                await results.aclose()
+
+            tg.start_soon(close_soon)
+            with pytest.raises(anyio.ClosedResourceError):
+                await anext(results)
+
+    outcome: list[BaseException] = []
+
+    async def consume(results: Any) -> None:
+        try:
+            await anext(results)
+        except Exception as error:
+            outcome.append(error)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg, DaskExecutor(external_cluster.address) as ex:
+            tg.start_soon(consume, ex.imap(inc, range(3), max_in_flight=1, resources=ABSENT))
+            await anyio.wait_all_tasks_blocked()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], anyio.ClosedResourceError)
+    assert external_cluster.scheduler_keys() == set()

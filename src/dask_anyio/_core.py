@@ -375,12 +375,18 @@ class DaskCore:
         return exc.with_traceback(tb)
 
     async def cancel(self, futures: Collection[distributed.Future[Any]], reason: str) -> None:
-        """Cancel ``futures`` on the cluster; return once the scheduler has forgotten them."""
-        if not futures:
+        """Cancel ``futures`` on the cluster; return once the scheduler has forgotten them.
+
+        A key this client holds other references to (two computations of one collection,
+        a persisted collection) is someone else's too: it is left alone, for its other
+        holders; the caller releases its own reference.
+        """
+        own = [f for f in futures if self.client.refcount.get(f.key, 0) <= 1]
+        if not own:
             return
-        arrived = {f.key for f in futures if f.status in ("finished", "error")}
-        await self.client.cancel(list(futures), force=True, reason=reason, msg=reason)
-        await self.wait_forgotten({f.key for f in futures}, arrived=arrived)
+        arrived = {f.key for f in own if f.status in ("finished", "error")}
+        await self.client.cancel(own, force=True, reason=reason, msg=reason)
+        await self.wait_forgotten({f.key for f in own}, arrived=arrived)
 
     async def wait_forgotten(
         self,

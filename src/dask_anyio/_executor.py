@@ -696,9 +696,8 @@ class DaskExecutor:
             await self._wait(handle)
             return await self._value_of(handle)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                if self._calls[key] == 1 and self._handles.get(handle.key) in (None, handle):
-                    await self._forget_handles([handle], _REASON_SCOPE)
+            with anyio.CancelScope(shield=True):  # (a key held elsewhere too stays)
+                await self._forget_handles([handle], _REASON_SCOPE)
             raise
         finally:
             self._calls[key] -= 1
