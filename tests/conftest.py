@@ -24,6 +24,9 @@ from distributed.security import Security
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Resources no worker has: a task that needs them never starts.
+ABSENT = {"ABSENT": 1}
+
 # Threads that distributed (and trio's thread cache, which runs the test harness in guest
 # mode) create once per process and keep: not ours to clean up.
 PROCESS_WIDE_THREADS = ("Dask-Callback-Thread", "Dask-Offload", "TCP-Executor", "Trio thread")

@@ -11,7 +11,7 @@ import pytest
 
 from dask_anyio import DaskExecutor, ExecutorStatistics, TaskCancelled
 
-from .conftest import ExternalCluster
+from .conftest import ABSENT, ExternalCluster
 from .tasks import (
     RemoteOnlyError,
     inc,
@@ -22,8 +22,6 @@ from .tasks import (
 )
 
 pytestmark = pytest.mark.anyio
-
-ABSENT = {"ABSENT": 1}  # no worker has it: such a task never starts
 
 
 async def test_gather_keeps_the_structure(external_cluster: ExternalCluster) -> None:

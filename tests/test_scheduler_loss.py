@@ -15,12 +15,10 @@ import pytest
 
 from dask_anyio import DaskExecutor, SchedulerLost
 
-from .conftest import Snapshot, start_external_cluster, stop_processes
+from .conftest import ABSENT, Snapshot, start_external_cluster, stop_processes
 from .tasks import inc, wait_for_event
 
 pytestmark = pytest.mark.anyio
-
-ABSENT = {"ABSENT": 1}  # no worker has it: such a task never starts
 
 
 @pytest.fixture

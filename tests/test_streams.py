@@ -14,7 +14,7 @@ import pytest
 
 from dask_anyio import DaskExecutor, TaskCancelled, TaskHandle
 
-from .conftest import ExternalCluster
+from .conftest import ABSENT, ExternalCluster
 from .tasks import (
     KeyCounter,
     RemoteOnlyError,
@@ -29,8 +29,6 @@ from .tasks import (
 )
 
 pytestmark = pytest.mark.anyio
-
-ABSENT = {"ABSENT": 1}  # no worker has it: such a task never starts
 
 
 @contextmanager
