@@ -171,3 +171,49 @@ async def test_compute_of_shared_keys(external_cluster: ExternalCluster) -> None
             await ex.run(set_event, gate)
         assert values == [len(gate)]
     assert external_cluster.scheduler_keys() == set()
+
+
+async def test_persist_while_computing_the_same(external_cluster: ExternalCluster) -> None:
+    """persist() of a collection that a compute() call is computing keeps the persisted
+    work when that call returns."""
+    gate = f"gate-{uuid.uuid4()}"
+    lazy = dask.delayed(len)(dask.delayed(wait_for_event)(gate))
+    async with DaskExecutor(external_cluster.address) as ex:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ex.compute, lazy)
+            await anyio.wait_all_tasks_blocked()
+            persisted = await ex.persist(lazy)
+            await ex.run(set_event, gate)
+        assert await ex.compute(persisted) == len(gate)
+        stats = ex.statistics()  # the first computation and the persisted one are one task
+        assert (stats.submitted, stats.finished, stats.in_flight) == (2, 2, 1)
+
+
+async def test_cancelling_two_computes_of_one_collection(
+    external_cluster: ExternalCluster,
+) -> None:
+    """Two compute() calls of one collection cancelled together: the last one cancels the
+    work, and the scheduler has forgotten it when their scope exits."""
+    gate = f"gate-{uuid.uuid4()}"
+    lazy = dask.delayed(len)(dask.delayed(wait_for_event)(gate), dask_key_name=f"both-{gate}")
+    async with DaskExecutor(external_cluster.address) as ex:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ex.compute, lazy)
+                tg.start_soon(ex.compute, lazy)
+                await anyio.wait_all_tasks_blocked()
+                await external_cluster.wait_held(f"both-{gate}")
+                scope.cancel()
+        assert not [k for k in external_cluster.scheduler_keys() if k.startswith("both-")]
+        await ex.run(set_event, gate)
+        assert ex.statistics().cancelled == 1  # one task, counted once
+
+
+async def test_failure_told_by_compute_is_not_told_again(
+    external_cluster: ExternalCluster,
+) -> None:
+    """A persisted task's failure raised by compute() is not raised again at exit."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        persisted = await ex.persist(dask.delayed(raise_remote_only)("once"))
+        with pytest.raises(RemoteOnlyError, match="once"):
+            await ex.compute(persisted)

@@ -188,3 +188,23 @@ async def test_cancelled_retrieves_never_break_retrieving(
                         await anyio.lowlevel.checkpoint()
                     tg.cancel_scope.cancel()
                 assert len(await ex.retrieve(handle)) == 1 << 16
+
+
+async def test_a_cancelled_gather_through_the_client_does_not_break_fetching(
+    external_cluster: ExternalCluster,
+) -> None:
+    """A gather of the user's through call_client, cancelled at any point, leaves the
+    executor's own fetches working (Dask's client shares its gathering task)."""
+    from .tasks import make_bytes
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        handle = ex.submit(make_bytes, 1 << 16)
+        await handle
+        for turns in range(25):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ex.call_client, lambda c: c.gather([handle._future]))
+                for _ in range(turns):
+                    await anyio.lowlevel.checkpoint()
+                tg.cancel_scope.cancel()
+            assert len(await ex.retrieve(handle)) == 1 << 16
+            assert await ex.gather([handle, 1]) == [make_bytes(1 << 16), 1]

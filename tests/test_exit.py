@@ -202,3 +202,29 @@ async def test_repeated_open_close_leaves_nothing(
             assert await ex.run(inc, i) == i + 1
             ex.submit(inc, i)
     assert external_cluster.scheduler_keys() == set()
+
+
+async def test_exit_confirms_many_cancellations_at_once(external_cluster: ExternalCluster) -> None:
+    """An error exit with 1500 pending tasks, and a normal exit after a handle.cancel(), a
+    task Dask cancelled for a lost dependency and 400 more tasks: the scheduler forgets it
+    all, with no warning that it still holds keys (the scheduler's transition log keeps only
+    1000 entries, too few to tell what happened to each key)."""
+
+    async def leave_with_pending_tasks() -> None:
+        async with DaskExecutor(external_cluster.address) as ex:
+            ex.map(inc, range(1500), resources={"ABSENT": 1})
+            await ex.run(inc, 0)
+            raise LookupError("leave")
+
+    with pytest.raises(LookupError):
+        await leave_with_pending_tasks()
+    assert external_cluster.scheduler_keys() == set()
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        cancelled = ex.submit(inc, 1, resources={"ABSENT": 1})
+        orphan = ex.submit(inc, cancelled)
+        cancelled.cancel()
+        with pytest.raises(TaskCancelled):
+            await orphan
+        await ex.gather(ex.map(inc, range(400)))
+    assert external_cluster.scheduler_keys() == set()

@@ -379,3 +379,15 @@ async def test_stream_closed_while_an_iteration_waits(external_cluster: External
     assert len(outcome) == 1
     assert isinstance(outcome[0], anyio.ClosedResourceError)
     assert external_cluster.scheduler_keys() == set()
+
+
+async def test_imap_unpicklable_item_is_named_by_position(
+    external_cluster: ExternalCluster,
+) -> None:
+    """The error for an item that cannot be pickled gives its position in the source."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        items = [0, 1, 2, 3, 4, threading.Lock(), 6]
+        got: list[Any] = []
+        with pytest.raises(TypeError, match="item 5 of"):
+            await collect(ex.imap(slow_identity, items, max_in_flight=8), got)
+        assert got == [0, 1, 2, 3, 4]

@@ -65,19 +65,30 @@ def _raise_if_unpicklable(error: Exception, parts: Iterable[tuple[str, Any]]) ->
             ) from error
 
 
-async def _not_cancelled(awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` in its own task, which a cancellation of the caller leaves running.
+async def _fetch(client: distributed.Client, fetch: Callable[[], Awaitable[T]]) -> T:
+    """Run Dask's ``fetch()`` (a gather) in its own task, never cancelled by the caller.
 
-    For Dask's gathers: the client shares one gathering task between concurrent callers and
-    keeps it for the next ones; cancelled before it ran, it fails every later gather of the
-    client with CancelledError. A gather left running finishes, and its data is dropped.
+    Dask's client shares one gathering task between concurrent gathers and keeps it for
+    the next ones: cancelled before it ran (by a cancelled caller, here or through
+    ``ex.client``), it fails that gather and every later one with CancelledError. So a
+    cancelled caller leaves its gather running (it finishes, and its data is dropped), a
+    shared task found cancelled is let go, and a gather failed by someone else's
+    cancellation is made again.
     """
-    task = asyncio.ensure_future(awaitable)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.add_done_callback(_retrieve_outcome)
-        raise
+    for _ in range(3):
+        shared = getattr(client, "_gather_future", None)
+        if shared is not None and shared.cancelled():  # see above: Dask cannot recover
+            client._gather_future = None
+        task = asyncio.ensure_future(fetch())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # our caller: let it finish
+                task.add_done_callback(_retrieve_outcome)
+                raise
+            # else Dask's shared gathering task was cancelled under us: again
+    raise RuntimeError("Dask's client kept cancelling this transfer")
 
 
 def _retrieve_outcome(task: asyncio.Future[Any]) -> None:
@@ -254,8 +265,10 @@ class DaskCore:
         iterables: list[list[Any]],
         kwargs: Mapping[str, Any],
         options: SubmitOptions,
+        start: int = 0,
     ) -> list[distributed.Future[Any]]:
-        """Submit one task per item. Thread-safe, like :meth:`submit`."""
+        """Submit one task per item. Thread-safe, like :meth:`submit`. ``start`` is the
+        position of the first item, for error messages."""
         futures: list[distributed.Future[Any]]
         try:
             if _CLIENT_MAP_PARAMETERS.isdisjoint(kwargs):
@@ -278,7 +291,7 @@ class DaskCore:
                 exc,
                 [("function", fn)]
                 + [
-                    (f"item {i} of iterable {j}", a)
+                    (f"item {start + i} of iterable {j}", a)
                     for j, column in enumerate(iterables)
                     for i, a in enumerate(column)
                 ],
@@ -330,7 +343,7 @@ class DaskCore:
 
     async def result(self, future: distributed.Future[Any]) -> Any:
         """Fetch the value of a finished future. Cancelling this stops the waiting only."""
-        return await _not_cancelled(future.result())
+        return await _fetch(self.client, future.result)
 
     async def call(
         self, fn: Callable[..., object], args: tuple[Any, ...], kwargs: Mapping[str, Any]
@@ -345,7 +358,7 @@ class DaskCore:
         """Fetch the values of finished futures, in one request per worker."""
         if not futures:
             return []
-        values: list[Any] = await _not_cancelled(self.client.gather(futures))
+        values: list[Any] = await _fetch(self.client, lambda: self.client.gather(futures))
         return values
 
     async def scatter(self, data: list[Any] | dict[Any, Any], broadcast: bool) -> Any:
@@ -375,18 +388,27 @@ class DaskCore:
         return exc.with_traceback(tb)
 
     async def cancel(self, futures: Collection[distributed.Future[Any]], reason: str) -> None:
-        """Cancel ``futures`` on the cluster; return once the scheduler has forgotten them.
-
-        A key this client holds other references to (two computations of one collection,
-        a persisted collection) is someone else's too: it is left alone, for its other
-        holders; the caller releases its own reference.
-        """
-        own = [f for f in futures if self.client.refcount.get(f.key, 0) <= 1]
-        if not own:
+        """Cancel ``futures`` on the cluster; return once the scheduler has forgotten them."""
+        if not futures:
             return
-        arrived = {f.key for f in own if f.status in ("finished", "error")}
-        await self.client.cancel(own, force=True, reason=reason, msg=reason)
-        await self.wait_forgotten({f.key for f in own}, arrived=arrived)
+        keys = {f.key for f in futures}
+        # What the scheduler holds now has arrived: once it is absent, it is gone. (The
+        # cancel follows every submission on Dask's ordered stream.)
+        arrived = {f.key for f in futures if f.status in ("finished", "error")}
+        arrived.update(await self._held(keys - arrived))
+        await self.client.cancel(list(futures), force=True, reason=reason, msg=reason)
+        await self.wait_forgotten(keys, arrived=arrived)
+
+    async def _held(self, keys: Collection[Any]) -> list[Any]:
+        """The ``keys`` the scheduler holds (none if it cannot be asked)."""
+        scheduler = self.client.scheduler
+        if not keys or scheduler is None or self.client.status != "running":
+            return []
+        try:
+            states = await scheduler.get_task_status(keys=list(keys))
+        except (OSError, CommClosedError):
+            return []
+        return [k for k, state in states.items() if state not in (None, "forgotten")]
 
     async def wait_forgotten(
         self,

@@ -133,8 +133,12 @@ class DaskExecutor:
         self._streams: set[_Stream] = set()
         self._submitted = 0
         self._outcomes: Counter[TaskStatus] = Counter()
-        #: Keys that run() and compute() calls are waiting for, with how many calls.
-        self._calls: Counter[Hashable] = Counter()
+        #: Keys that run() and compute() calls are waiting for, with those calls' handles.
+        self._calls: dict[Hashable, list[TaskHandle[Any]]] = {}
+        #: Keys whose cancellation the scheduler confirmed.
+        self._forgotten_keys: set[Hashable] = set()
+        #: Futures of keys a handle holds already (in persisted collections): released at exit.
+        self._other_references: list[distributed.Future[Any]] = []
         self._core: DaskCore
         self._core_opened = False
         self._runner: CoreRunner
@@ -251,6 +255,7 @@ class DaskExecutor:
     async def _cancel_outstanding(self) -> None:
         pending = [h._future for h in self._handles.values() if not h.done()]
         await self._runner.run(self._core.cancel, pending, _REASON_EXIT)
+        self._forgotten_keys.update(f.key for f in pending)
 
     async def _release_all(self) -> list[TaskHandle[Any]]:
         """Freeze every handle's outcome, release its key and wait until the scheduler forgot."""
@@ -261,11 +266,20 @@ class DaskExecutor:
             await self._freeze(handle)
             self._outcomes[handle.status] += 1
             self._core.release(handle._future)
-            self._released_keys.add(handle._future.key)
-            if handle.status in (TaskStatus.FINISHED, TaskStatus.ERROR):
-                arrived.add(handle._future.key)
+            key = handle._future.key
+            if key not in self._forgotten_keys:  # (a confirmed cancellation: gone already)
+                self._released_keys.add(key)
+            if handle.status in (TaskStatus.FINISHED, TaskStatus.ERROR) or (
+                # cancelled by the scheduler (a lost dependency, another client): it had it
+                handle.status is TaskStatus.CANCELLED and handle._cancel_reason is None
+            ):
+                arrived.add(key)
             self._notify(handle)
+        for future in self._other_references:
+            self._core.release(future)
+        self._other_references.clear()
         self._handles.clear()
+        self._forgotten_keys.clear()
         keys, self._released_keys = self._released_keys, set()
         await self._runner.run(functools.partial(self._core.wait_forgotten, keys, arrived=arrived))
         return released
@@ -505,10 +519,10 @@ class DaskExecutor:
         """
         if handle._final_status is not None:
             return False
-        if self._handles.get(handle.key) is handle:
-            del self._handles[handle.key]
         handle._final_status = handle.status
-        self._outcomes[handle._final_status] += 1
+        if self._handles.get(handle.key) is handle:  # counted as submitted, hence here
+            del self._handles[handle.key]
+            self._outcomes[handle._final_status] += 1
         self._core.release(handle._future)
         return True
 
@@ -690,22 +704,45 @@ class DaskExecutor:
         calls of one collection): then this call lets go of its own reference only.
         """
         key = handle._future.key
-        self._calls[key] += 1
+        self._calls.setdefault(key, []).append(handle)
         handle._observed = True
         try:
             await self._wait(handle)
             return await self._value_of(handle)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):  # (a key held elsewhere too stays)
-                await self._forget_handles([handle], _REASON_SCOPE)
+            if self._let_go_of_call(handle):  # the last holder of the key: cancel it
+                with anyio.CancelScope(shield=True):
+                    await self._forget_handles([handle], _REASON_SCOPE)
+            raise
+        except Exception:  # told to this caller: the exit must not tell it again
+            registered = self._handles.get(handle.key)
+            if registered is not None:
+                registered._observed = True
             raise
         finally:
-            self._calls[key] -= 1
-            if not self._calls[key]:
-                del self._calls[key]
-            sole = key not in self._calls and self._handles.get(handle.key) in (None, handle)
-            if self._forget_handle(handle) and sole:
-                self._confirm_released(key)
+            if handle in self._calls.get(key, ()):  # not let go of yet
+                sole = self._let_go_of_call(handle)
+                if self._forget_handle(handle) and sole:
+                    self._confirm_released(key)
+
+    def _let_go_of_call(self, handle: TaskHandle[Any]) -> bool:
+        """A call stops waiting for ``handle``; return whether no one else holds its key
+        (then the caller cancels or releases it); else let go of this call's reference.
+
+        On the front loop, before any await: of calls cancelled together, one is last.
+        """
+        key = handle._future.key
+        others = self._calls[key]
+        others.remove(handle)
+        if not others:
+            del self._calls[key]
+        registered = self._handles.get(handle.key)
+        if registered is handle and others:  # the task is counted once: with another call
+            self._handles[handle.key] = others[0]
+        elif not others and (registered in (None, handle) or registered._cancel_reason is not None):
+            return True
+        self._forget_handle(handle)
+        return False
 
     async def compute(self, collection: Any, /) -> Any:
         """Compute a Dask collection on the cluster and return its value.
@@ -742,8 +779,16 @@ class DaskExecutor:
         self._check_connected()
         persist = functools.partial(_checked_collection, self._core.persist, "persist")
         persisted, futures = await anyio.to_thread.run_sync(persist, collection)
-        for future in futures:
-            self._adopt(future)
+        for future in futures:  # owned here; the collection holds these very futures
+            handle: TaskHandle[Any] = TaskHandle(self, future)
+            existing = self._handles.get(handle.key)
+            if existing is None:
+                self._handles[handle.key] = handle
+                self._submitted += 1
+            elif future.key in self._calls:  # a compute() call's, to be let go: take it over
+                self._handles[handle.key] = handle
+            else:
+                self._other_references.append(future)
         result: C = persisted
         return result
 
@@ -934,9 +979,9 @@ class DaskExecutor:
         if prefix is not None:
             options["key"] = prefix
 
-        def submit(items: list[Any]) -> list[TaskHandle[Any]]:
+        def submit(items: list[Any], position: int) -> list[TaskHandle[Any]]:
             self._check_connected()
-            futures = self._core.map(fn, [self._unwrap(items)], fixed, options)
+            futures = self._core.map(fn, [self._unwrap(items)], fixed, options, position)
             return [self._adopt(f) for f in futures]
 
         return ResultStream(_Stream(self, submit, iterable, max_in_flight, ordered))
@@ -991,17 +1036,22 @@ class DaskExecutor:
 
     async def _flush_cancels(self) -> None:
         batch, self._cancel_batch = self._cancel_batch, []
-        await self._in_background(self._core.cancel, batch, _REASON_HANDLE)
+        if await self._in_background(self._core.cancel, batch, _REASON_HANDLE):
+            self._forgotten_keys.update(f.key for f in batch)
 
-    async def _in_background(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> None:
+    async def _in_background(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> bool:
         """Run a core coroutine as a child of the executor's task group: shielded, so that
         it finishes before the exit; its failure is raised at exit instead of cancelling the
-        body."""
+        body. Return whether it succeeded."""
+        succeeded = False
         with anyio.CancelScope(shield=True):
             try:
                 await self._runner.run(fn, *args)
             except Exception as error:
                 self._background_errors.append(error)
+            else:
+                succeeded = True
+        return succeeded
 
 
 _DONE = (TaskStatus.FINISHED, TaskStatus.ERROR, TaskStatus.CANCELLED)

@@ -136,7 +136,7 @@ class _Stream:
     def __init__(
         self,
         executor: DaskExecutor,
-        submit: Callable[[list[Any]], list[TaskHandle[Any]]],
+        submit: Callable[[list[Any], int], list[TaskHandle[Any]]],
         source: Iterable[Any] | AsyncIterable[Any],
         max_in_flight: int,
         ordered: bool,
@@ -161,6 +161,8 @@ class _Stream:
         self.source_error: Exception | None = None
         self.started: bool = False
         self.reading: bool = False
+        #: How many items were submitted.
+        self.position: int = 0
         self.fed_all: bool = False
         self.closed: bool = False
         self.feeder_done: anyio.Event = anyio.Event()
@@ -242,13 +244,14 @@ class _Stream:
         if self.closed:
             return
         try:
-            handles = self.submit(items)
+            handles = self.submit(items, self.position)
         except Exception:
             if len(items) == 1:
                 raise
             for item in items:  # find the culprit, keeping the items before it
                 self.submit_batch([item])
             return
+        self.position += len(items)
         for handle in handles:
             self.free -= 1
             self.in_flight[handle.key] = handle
@@ -285,7 +288,7 @@ class _Stream:
         if self.closed:
             raise StopAsyncIteration
         if self.reading:
-            raise anyio.BusyResourceError("iterating this result stream")
+            raise anyio.BusyResourceError("iterating")
         if not self.started:
             self.executor._check_open()
             self.start()
@@ -295,17 +298,17 @@ class _Stream:
                 await anyio.lowlevel.checkpoint()
                 if not self.fetched:
                     await self.fetch()
-            except BaseException:  # a failed task, or the caller cancelled: stop it all
+            except BaseException as failure:  # a failed task, or the caller cancelled: stop
+                closed_elsewhere = self.closed
                 with anyio.CancelScope(shield=True):
                     await self.aclose()
+                if closed_elsewhere and isinstance(failure, Exception):
+                    raise _closed_elsewhere() from failure
                 raise
         finally:
             self.reading = False
         if self.closed:  # by another task, or by the executor's exit, while we waited
-            raise anyio.ClosedResourceError(
-                "the result stream was closed (by another task or by the executor's exit) "
-                "while this iteration waited"
-            )
+            raise _closed_elsewhere()
         if not self.fetched:  # the source is exhausted and every result yielded
             error = self.source_error
             await self.aclose()
@@ -370,6 +373,13 @@ class _Stream:
         """On the front loop: close in the background (the user dropped the stream)."""
         if not self.closed and self.started and self.executor._accepts_background():
             self.executor._tg.start_soon(self.aclose)
+
+
+def _closed_elsewhere() -> anyio.ClosedResourceError:
+    return anyio.ClosedResourceError(
+        "the result stream was closed (by another task or by the executor's exit) while "
+        "this iteration waited"
+    )
 
 
 async def _async_items(source: AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
