@@ -205,10 +205,9 @@ async def test_repeated_open_close_leaves_nothing(
 
 
 async def test_exit_confirms_many_cancellations_at_once(external_cluster: ExternalCluster) -> None:
-    """An error exit with 1500 pending tasks, and a normal exit after a handle.cancel(), a
-    task Dask cancelled for a lost dependency and 400 more tasks: the scheduler forgets it
-    all, with no warning that it still holds keys (the scheduler's transition log keeps only
-    1000 entries, too few to tell what happened to each key)."""
+    """An error exit with 1500 pending tasks; a normal exit after a handle.cancel(), a task
+    Dask cancelled for a lost dependency and 400 more tasks; 1500 tasks cancelled as soon as
+    submitted: the scheduler forgets it all, with no warning that it still holds keys."""
 
     async def leave_with_pending_tasks() -> None:
         async with DaskExecutor(external_cluster.address) as ex:
@@ -227,4 +226,9 @@ async def test_exit_confirms_many_cancellations_at_once(external_cluster: Extern
         with pytest.raises(TaskCancelled):
             await orphan
         await ex.gather(ex.map(inc, range(400)))
+    assert external_cluster.scheduler_keys() == set()
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        for handle in ex.map(inc, range(1500), resources={"ABSENT": 1}):
+            handle.cancel()  # before the scheduler even received them
     assert external_cluster.scheduler_keys() == set()

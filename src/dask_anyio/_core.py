@@ -38,6 +38,8 @@ SubmitOptions = Mapping[str, Any]
 
 #: How long cleanup waits for the scheduler to confirm that it forgot our keys.
 FORGET_TIMEOUT = 10.0
+#: A resource no worker has: a task that needs it is received by the scheduler, never run.
+_NEVER = {"dask-anyio-barrier": 1}
 
 
 def _connect_timeout(timeout: float | str | None) -> float:
@@ -392,23 +394,9 @@ class DaskCore:
         if not futures:
             return
         keys = {f.key for f in futures}
-        # What the scheduler holds now has arrived: once it is absent, it is gone. (The
-        # cancel follows every submission on Dask's ordered stream.)
         arrived = {f.key for f in futures if f.status in ("finished", "error")}
-        arrived.update(await self._held(keys - arrived))
         await self.client.cancel(list(futures), force=True, reason=reason, msg=reason)
         await self.wait_forgotten(keys, arrived=arrived)
-
-    async def _held(self, keys: Collection[Any]) -> list[Any]:
-        """The ``keys`` the scheduler holds (none if it cannot be asked)."""
-        scheduler = self.client.scheduler
-        if not keys or scheduler is None or self.client.status != "running":
-            return []
-        try:
-            states = await scheduler.get_task_status(keys=list(keys))
-        except (OSError, CommClosedError):
-            return []
-        return [k for k, state in states.items() if state not in (None, "forgotten")]
 
     async def wait_forgotten(
         self,
@@ -422,13 +410,14 @@ class DaskCore:
         Cancelling and releasing keys are one-way messages in Dask, sent on the client's
         batched stream; the only acknowledgement is to ask the scheduler, over another
         connection. A key the scheduler does not hold may therefore be one it has not
-        *received yet* (a task cancelled just after its submit): such a key counts as
-        forgotten only when it is absent after the scheduler was seen holding it or its
-        transition log showed that it existed, or when it is one of ``arrived``, keys known to
-        have reached the scheduler (it reported them finished or failed). The log is a
-        bounded deque: it forgets old keys, hence ``arrived``. Polls with a short, growing
-        interval for ``give_up_after`` seconds, then warns with the keys still held (for
-        example, keys another client also wants).
+        *received yet* (a task cancelled just after its submit). Such a key counts as
+        forgotten once it is absent after the scheduler was seen holding it, or after a
+        *barrier* arrived: a task submitted now on the same ordered stream (one that needs a
+        resource no worker has, so it never runs), which the scheduler receives after every
+        key submitted before. ``arrived`` are keys known to have reached the scheduler (it
+        reported them finished or failed). Polls with a short, growing interval for
+        ``give_up_after`` seconds (the requests included), then warns with the keys still
+        held (for example, keys another client also wants).
         """
         remaining = list(keys)
         if not remaining or self.client.status != "running":
@@ -436,26 +425,34 @@ class DaskCore:
         scheduler = self.client.scheduler
         assert scheduler is not None
         seen: set[Any] = set(arrived)
+        barrier: distributed.Future[Any] | None = None
+        barrier_passed = False
         delay = 0.002
         try:
-            async with asyncio.timeout(give_up_after):  # the requests too: bounded cleanup
+            async with asyncio.timeout(give_up_after):
                 while True:
+                    query = remaining if barrier is None else [*remaining, barrier.key]
                     try:
-                        states = await scheduler.get_task_status(keys=remaining)
-                        held = [k for k, st in states.items() if st not in (None, "forgotten")]
-                        seen.update(held)
-                        absent = [k for k in remaining if k not in seen and k not in held]
-                        if absent:  # gone, or not arrived yet? The transition log tells if
-                            # it existed; the next poll, if it is still there.
-                            story = await scheduler.get_story(keys_or_stimuli=absent)
-                            seen.update(transition[0] for transition in story)
-                            held += absent
+                        states = await scheduler.get_task_status(keys=query)
                     except (OSError, CommClosedError):
                         logger.debug("scheduler unreachable while releasing keys", exc_info=True)
                         return
-                    remaining = held
+                    held = {k for k, st in states.items() if st not in (None, "forgotten")}
+                    if barrier is not None and barrier.key in held:
+                        # Everything submitted before the barrier has arrived: what is
+                        # absent now is gone. Let the barrier go, and see it gone too.
+                        seen.update(remaining)
+                        barrier.release()
+                        remaining.append(barrier.key)
+                        barrier, barrier_passed = None, True
+                    seen.update(held)
+                    remaining = [k for k in remaining if k in held or k not in seen]
                     if not remaining:
                         return
+                    if barrier is None and not barrier_passed and not seen.issuperset(remaining):
+                        barrier = self.client.submit(
+                            int, key=f"dask-anyio-barrier-{uuid.uuid4()}", resources=_NEVER
+                        )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.05)
         except TimeoutError:
@@ -466,3 +463,6 @@ class DaskCore:
                 RuntimeWarning,
                 stacklevel=1,
             )
+        finally:
+            if barrier is not None:
+                barrier.release()

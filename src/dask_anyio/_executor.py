@@ -785,10 +785,15 @@ class DaskExecutor:
             if existing is None:
                 self._handles[handle.key] = handle
                 self._submitted += 1
-            elif future.key in self._calls:  # a compute() call's, to be let go: take it over
+            elif existing in self._calls.get(future.key, ()):  # a compute() call's: take over
                 self._handles[handle.key] = handle
+            elif existing._cancel_reason is not None:  # cancelled by us: this is new work
+                self._forget_handle(existing)
+                self._handles[handle.key] = handle
+                self._submitted += 1
             else:
                 self._other_references.append(future)
+            self._forgotten_keys.discard(future.key)
         result: C = persisted
         return result
 
