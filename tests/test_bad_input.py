@@ -42,7 +42,8 @@ async def test_use_before_enter_and_after_exit(external_cluster: ExternalCluster
 
 
 async def test_handle_of_another_executor(external_cluster: ExternalCluster) -> None:
-    """A handle from another executor is refused with ValueError, as argument or to retrieve."""
+    """A handle from another executor is refused with ValueError: as an argument, in a
+    stream's items, to retrieve, gather or iterate as completed."""
     async with (
         DaskExecutor(external_cluster.address) as one,
         DaskExecutor(external_cluster.address) as two,
@@ -54,6 +55,12 @@ async def test_handle_of_another_executor(external_cluster: ExternalCluster) -> 
             two.submit(sum, [[foreign]])
         with pytest.raises(ValueError, match="another DaskExecutor"):
             await two.retrieve(foreign)
+        with pytest.raises(ValueError, match="another DaskExecutor"):
+            await two.gather({"x": [foreign]})
+        with pytest.raises(ValueError, match="another DaskExecutor"):
+            two.as_completed([foreign])
+        with pytest.raises(ValueError, match="another DaskExecutor"):
+            await anext(two.imap(inc, [foreign], max_in_flight=1))
         with pytest.raises(TypeError, match="TaskHandle"):
             await two.retrieve(1)  # type: ignore[arg-type]
 

@@ -63,18 +63,6 @@ async def test_gather_skip_leaves_failures_out(external_cluster: ExternalCluster
             await ex.gather([ok], errors="ignore")  # type: ignore[arg-type]
 
 
-async def test_gather_refuses_foreign_handles(external_cluster: ExternalCluster) -> None:
-    """A handle of another executor is refused with ValueError."""
-    async with (
-        DaskExecutor(external_cluster.address) as ex,
-        DaskExecutor(external_cluster.address) as other,
-    ):
-        foreign = other.submit(inc, 1)
-        with pytest.raises(ValueError, match="another DaskExecutor"):
-            await ex.gather([foreign])
-        await foreign
-
-
 async def test_scatter_shapes_and_use_as_arguments(external_cluster: ExternalCluster) -> None:
     """scatter() gives a handle per list item, per dict value, or one for anything else;
     the handles are arguments like any other, and are released at exit."""
