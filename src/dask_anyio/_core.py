@@ -182,6 +182,11 @@ class DaskCore:
     async def _connect(address: str, security: Any, connect_timeout: float) -> distributed.Client:
         if security is None:
             security = Security()  # what Dask's configuration says, as Client() would use
+        if security.require_encryption and not address.startswith(("tls://", "inproc://")):
+            raise ValueError(
+                f"the security settings require encryption, and {address!r} is not a tls:// "
+                "address: refusing to connect without it"
+            )
         if address.startswith("tls://") and (
             security.get_connection_args("client").get("ssl_context") is None
         ):
