@@ -36,7 +36,8 @@ def own_cluster(tmp_path: Path) -> Iterator[tuple[str, Any]]:
 async def test_pending_awaits_raise_scheduler_lost(
     own_cluster: tuple[str, Any], no_leaks: Snapshot
 ) -> None:
-    """Killing the scheduler makes every pending await raise SchedulerLost (a
+    """Killing the scheduler with 100 tasks pending makes every pending await raise
+    SchedulerLost (a
     ConnectionError) within seconds; new work is refused with it; the exit tells the loss
     of the tasks nobody awaited once."""
     address, procs = own_cluster
@@ -45,7 +46,7 @@ async def test_pending_awaits_raise_scheduler_lost(
     with pytest.RaisesGroup(told_once):  # the unawaited tasks' loss, told once at exit
         await run_and_lose_the_scheduler(address, procs, outcomes)
     assert sorted(outcomes) == sorted(
-        [f"await-{i}" for i in range(5)] + ["retrieve", "run", "gather", "submit"]
+        [f"await-{i}" for i in range(100)] + ["retrieve", "run", "gather", "submit"]
     )
     for name, error in outcomes.items():
         assert isinstance(error, SchedulerLost), (name, error)
@@ -61,7 +62,7 @@ async def run_and_lose_the_scheduler(
     started = anyio.Event()
     async with DaskExecutor(address) as ex:
         ex.map(inc, range(3), resources=ABSENT)  # never awaited
-        never = ex.map(inc, range(5), resources=ABSENT)
+        never = ex.map(inc, range(100), resources=ABSENT)
         blocked = ex.submit(wait_for_event, f"never-set-{uuid.uuid4()}")
         await ex.run(inc, 0)  # the scheduler knows them all
 
