@@ -37,9 +37,8 @@ async def test_pending_awaits_raise_scheduler_lost(
     own_cluster: tuple[str, Any], no_leaks: Snapshot
 ) -> None:
     """Killing the scheduler with 100 tasks pending makes every pending await raise
-    SchedulerLost (a
-    ConnectionError) within seconds; new work is refused with it; the exit tells the loss
-    of the tasks nobody awaited once."""
+    SchedulerLost (a ConnectionError) within seconds; new work is refused with it; the exit
+    tells the loss of the tasks nobody awaited once."""
     address, procs = own_cluster
     outcomes: dict[str, BaseException] = {}
     told_once = pytest.RaisesExc(SchedulerLost, check=lambda e: e.key is None)
