@@ -152,3 +152,11 @@ class KeyCounter(SchedulerPlugin):
 def key_counts(dask_scheduler: Any, name: str) -> dict[str, int]:
     plugin = dask_scheduler.plugins[name]
     return {"max_held": plugin.max_held, "held": len(plugin.held), "created": plugin.created}
+
+
+async def add_async(x: int, y: int) -> int:
+    """A coroutine function: Dask runs it on the worker's event loop."""
+    import asyncio
+
+    await asyncio.sleep(0)
+    return x + y

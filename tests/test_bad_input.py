@@ -5,7 +5,9 @@ from __future__ import annotations
 import operator
 import re
 import socket
+import sys
 import threading
+from pathlib import Path
 
 import anyio
 import distributed
@@ -153,3 +155,53 @@ async def test_use_from_another_thread_is_refused(external_cluster: ExternalClus
         from_thread = await anyio.to_thread.run_sync(anyio.from_thread.run_sync, ex.submit, inc, 2)
         assert await ex.retrieve(from_thread) == 3
         assert await ex.retrieve(handle) == 2
+
+
+async def test_coroutine_functions_run_on_the_worker(external_cluster: ExternalCluster) -> None:
+    """A coroutine function is supported: it runs on the worker's event loop, through run,
+    submit and imap alike."""
+    from .tasks import add_async
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.run(add_async, 1, 2) == 3
+        assert await ex.retrieve(ex.submit(add_async, 2, y=3)) == 5
+        async with ex.imap(add_async, range(3), max_in_flight=2, y=10) as results:
+            assert [v async for v in results] == [10, 11, 12]
+
+
+SCRIPT = """
+import sys
+
+import anyio
+
+from dask_anyio import DaskExecutor
+
+
+def triple(x):  # defined in __main__: the workers cannot import it
+    return 3 * x
+
+
+async def main():
+    async with DaskExecutor(sys.argv[1]) as ex:
+        print(await ex.run(triple, 14))
+
+
+anyio.run(main, backend=sys.argv[2])
+"""
+
+
+async def test_function_defined_in_a_script(
+    external_cluster: ExternalCluster, tmp_path: Path, anyio_backend_name: str
+) -> None:
+    """A function defined in the __main__ of a script runs on workers that cannot import it
+    (cloudpickle sends it by value)."""
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    with anyio.fail_after(120):
+        result = await anyio.run_process(
+            [sys.executable, str(script), external_cluster.address, anyio_backend_name],
+            check=False,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == "42"
