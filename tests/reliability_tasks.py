@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
+
+import distributed
 
 
 def ten_ms_step(x: int) -> int:
@@ -18,3 +21,13 @@ def sleep_then_return(x: Any, seconds: float) -> Any:
     time.sleep(seconds)
     return x
 
+
+def wait_when_recomputed(directory: str, event: str) -> str:
+    """Return ``"value"``. A second run (a recomputation) first creates ``directory/again``
+    and then waits for the ``distributed.Event`` ``event``."""
+    if (Path(directory) / "once").exists():
+        (Path(directory) / "again").touch()
+        distributed.Event(event).wait()
+    else:
+        (Path(directory) / "once").touch()
+    return "value"

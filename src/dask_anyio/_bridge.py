@@ -17,13 +17,22 @@ backend it runs on.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from types import ModuleType
 from typing import Protocol, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.lowlevel
+
+sniffio: ModuleType | None
+try:
+    import sniffio
+except ImportError:  # pragma: no cover - anyio then tells asyncio by its running loop
+    sniffio = None
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -43,7 +52,15 @@ class LoopToken:
 
     def __init__(self, native: object) -> None:
         if isinstance(native, asyncio.AbstractEventLoop):
-            self._schedule: Callable[..., object] = native.call_soon_threadsafe
+            # Callbacks run in the context of the thread that schedules them, where nothing
+            # says which async library runs the loop: anyio's calls (a task group's
+            # start_soon, say) would fail there. Run them in a context that says "asyncio".
+            context = contextvars.copy_context()
+            if sniffio is not None:
+                context.run(sniffio.current_async_library_cvar.set, "asyncio")
+            self._schedule: Callable[..., object] = functools.partial(
+                native.call_soon_threadsafe, context=context
+            )
             self._finished: tuple[type[BaseException], ...] = (RuntimeError,)
         else:  # trio.lowlevel.TrioToken: the only other backend that anyio supports
             import trio
