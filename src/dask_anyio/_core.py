@@ -38,6 +38,8 @@ SubmitOptions = Mapping[str, Any]
 
 #: How long cleanup waits for the scheduler to confirm that it forgot our keys.
 FORGET_TIMEOUT = 10.0
+#: The most keys in one cancel message (see DaskCore.cancel).
+_CANCEL_CHUNK = 200
 #: A resource no worker has: a task that needs it is received by the scheduler, never run.
 _NEVER = {"dask-anyio-barrier": 1}
 
@@ -400,7 +402,11 @@ class DaskCore:
             return
         keys = {f.key for f in futures}
         arrived = {f.key for f in futures if f.status in ("finished", "error")}
-        await self.client.cancel(list(futures), force=True, reason=reason, msg=reason)
+        ordered = list(futures)
+        # The scheduler handles one cancel of n keys in O(n**2) steps: send several small ones.
+        for start in range(0, len(ordered), _CANCEL_CHUNK):
+            chunk = ordered[start : start + _CANCEL_CHUNK]
+            await self.client.cancel(chunk, force=True, reason=reason, msg=reason)
         await self.wait_forgotten(keys, arrived=arrived)
 
     async def wait_forgotten(
