@@ -8,6 +8,7 @@ through a :class:`~dask_anyio._bridge.CoreRunner`, and Dask's callback thread on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import functools
 import math
@@ -55,6 +56,15 @@ _CONFIRM_BATCH = 1000
 _RUN_OPTIONS: dict[str, Any] = {"pure": False}
 #: Left out of a gathered structure (errors="skip").
 _SKIP: Any = object()
+
+
+@dataclasses.dataclass
+class _ForgetBatch:
+    """Handles to release, of which ``pending`` to cancel first (see _forget_handles)."""
+
+    handles: list[TaskHandle[Any]]
+    pending: list[TaskHandle[Any]]
+    done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
 
 
 class _State(enum.Enum):
@@ -130,6 +140,8 @@ class DaskExecutor:
         self._released_keys: set[Hashable] = set()
         self._background_errors: list[Exception] = []
         self._cancel_batch: list[distributed.Future[Any]] = []
+        #: Handles to cancel and release together, by reason (see _forget_handles).
+        self._forget_batches: dict[str, _ForgetBatch] = {}
         self._streams: set[_Stream] = set()
         self._submitted = 0
         self._outcomes: Counter[TaskStatus] = Counter()
@@ -528,11 +540,34 @@ class DaskExecutor:
 
     async def _forget_handles(self, handles: list[TaskHandle[Any]], reason: str) -> None:
         """Cancel the pending ones on the cluster, release them all; return once the
-        scheduler forgot them. Call it shielded."""
+        scheduler forgot them. Call it shielded.
+
+        Calls made at the same moment share one round trip: when a task group with many
+        ``run()`` calls is cancelled, every call arrives here in the same loop turn. The
+        first one waits a checkpoint for the others, then cancels and confirms for all.
+        """
         pending = [h for h in handles if not h.done()]
         for handle in pending:
             handle._cancel_reason = reason
             self._notify(handle)
+        batch = self._forget_batches.get(reason)
+        if batch is not None:  # another call sends it: wait for it
+            batch.handles.extend(handles)
+            batch.pending.extend(pending)
+            await batch.done.wait()
+            return
+        batch = self._forget_batches[reason] = _ForgetBatch(list(handles), pending)
+        try:
+            await anyio.lowlevel.checkpoint()  # let the calls cancelled with this one join
+        finally:
+            del self._forget_batches[reason]
+        try:
+            await self._forget_now(batch, reason)
+        finally:
+            batch.done.set()
+
+    async def _forget_now(self, batch: _ForgetBatch, reason: str) -> None:
+        handles, pending = batch.handles, batch.pending
         try:
             await self._runner.run(self._core.cancel, [h._future for h in pending], reason)
         except Exception:  # the exit confirms the release again
