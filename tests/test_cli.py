@@ -75,8 +75,8 @@ def test_progress_bar_choice(
     show: bool | None, terminal: bool, drawn: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Auto draws the bar on a terminal only; True and False force it on or off."""
-    if not drawn:  # no bar, no tqdm object (and so no tqdm monitor thread)
-        monkeypatch.setattr(_demo, "tqdm", None)
+    if not drawn:  # no bar, no tqdm object
+        monkeypatch.setattr(_demo, "_Bar", None)
     file = Terminal() if terminal else io.StringIO()
     with _demo.progress_bar(20, show=show, file=file, desc="map(slow)") as tick:
         for _ in range(20):

@@ -46,15 +46,23 @@ def progress_bar(
 
     ``show=None`` shows it only if ``file`` is a terminal (tqdm's own rule): in a log, a bar
     is a stream of carriage returns, and the demo's text lines tell the step anyway. Without
-    a bar no tqdm object is made at all (a disabled one still starts tqdm's monitor thread).
+    a bar no tqdm object is made at all.
     """
     if show is None:
         show = file.isatty()
     if not show:
         yield lambda: None
         return
-    with tqdm(total=total, desc=desc, unit="task", file=file) as bar:
+    with _Bar(total=total, desc=desc, unit="task", file=file) as bar:
         yield bar.update
+
+
+class _Bar(tqdm):  # type: ignore[misc]
+    """A tqdm bar without tqdm's monitor thread, which would outlive the bar (it lives as
+    long as the process). It only adjusts ``miniters`` of bars that seldom update; this one
+    is updated once per finished task."""
+
+    monitor_interval = 0
 
 
 async def demo(
