@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import multiprocessing.resource_tracker
@@ -9,9 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,12 +24,12 @@ from distributed.security import Security
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Every test fails if it leaves threads, child processes or file descriptors behind
+#: (tests/leakcheck.py); pytester runs the tests of that check.
+pytest_plugins = ["pytester", "tests.leakcheck"]
+
 #: Resources no worker has: a task that needs them never starts.
 ABSENT = {"ABSENT": 1}
-
-# Threads that distributed (and trio's thread cache, which runs the test harness in guest
-# mode) create once per process and keep: not ours to clean up.
-PROCESS_WIDE_THREADS = ("Dask-Callback-Thread", "Dask-Offload", "TCP-Executor", "Trio thread")
 
 _BACKENDS: list[Any] = [pytest.param(("asyncio", {}), id="asyncio")]
 try:
@@ -79,6 +79,18 @@ class ExternalCluster:
     def task_states(self) -> dict[str, str]:
         states: dict[str, str] = self.observer.run_on_scheduler(_scheduler_task_states)
         return states
+
+
+def _open_two_connections(observer: distributed.Client) -> None:
+    """Let the observer client hold two connections to the scheduler from the start, so
+    that leak checks count them in every test's baseline: its periodic request and a
+    test's, overlapping while the scheduler is busy, would otherwise open the second one
+    during some test."""
+
+    async def two_at_once() -> None:
+        await asyncio.gather(observer.scheduler.identity(), observer.scheduler.identity())
+
+    observer.sync(two_at_once)
 
 
 def _scheduler_keys(dask_scheduler: Any) -> list[str]:
@@ -225,6 +237,7 @@ def _external_cluster(
         try:
             observer.wait_for_workers(len(procs) - 1, timeout=60)  # all but the scheduler
             workers = sorted(observer.scheduler_info(n_workers=-1)["workers"])
+            _open_two_connections(observer)
             yield ExternalCluster(address, workers, procs, observer)
         finally:
             observer.close()
@@ -232,54 +245,13 @@ def _external_cluster(
         stop_processes(procs)
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    threads: frozenset[int]
-    fds: int
-    children: frozenset[int]
-
-
-def snapshot() -> Snapshot:
-    me = psutil.Process()
-    return Snapshot(
-        frozenset(t.ident for t in threading.enumerate() if t.ident is not None),
-        me.num_fds(),
-        frozenset(c.pid for c in me.children(recursive=True)),
-    )
-
-
-def new_threads(before: Snapshot, grace: float = 10.0) -> list[str]:
-    """Threads started since ``before`` that are still alive after ``grace`` seconds, other
-    than the process-wide ones. (Dask's watcher of a worker process ends only once that
-    process has been reaped, a moment after the cluster closed: join, do not guess.)"""
-    deadline = time.monotonic() + grace
-    started = [
-        t
-        for t in threading.enumerate()
-        if t.ident not in before.threads and not t.name.startswith(PROCESS_WIDE_THREADS)
-    ]
-    for thread in started:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    return [t.name for t in started if t.is_alive()]
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _process_wide_helpers() -> None:
     """Start the helpers a process keeps for good (multiprocessing's resource tracker, which
-    LocalCluster's spawned workers use) so that leak checks do not count them."""
+    LocalCluster's spawned workers use; libuv's signal pipe, which uvloop's first event loop
+    opens) so that leak checks do not count them."""
     multiprocessing.resource_tracker.ensure_running()
+    if any(p.id == "asyncio+uvloop" for p in _BACKENDS):
+        import uvloop
 
-
-@pytest.fixture
-async def no_leaks() -> AsyncIterator[Snapshot]:
-    """Fail the test if it leaves a thread, a child process or a file descriptor behind.
-
-    Async, so that the event loop of the test (and its file descriptors) exists already."""
-    before = snapshot()
-    yield before
-    me = psutil.Process()
-    children = [c for c in me.children(recursive=True) if c.pid not in before.children]
-    _, alive = psutil.wait_procs(children, timeout=10)
-    assert alive == []
-    assert new_threads(before) == []
-    assert me.num_fds() <= before.fds
+        uvloop.new_event_loop().close()

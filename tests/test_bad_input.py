@@ -15,7 +15,7 @@ import pytest
 
 from dask_anyio import DaskExecutor
 
-from .conftest import ExternalCluster, Snapshot
+from .conftest import ExternalCluster
 from .tasks import inc
 
 pytestmark = pytest.mark.anyio
@@ -67,7 +67,7 @@ async def test_handle_of_another_executor(external_cluster: ExternalCluster) -> 
             await two.retrieve(1)  # type: ignore[arg-type]
 
 
-async def test_unreachable_address_fails_within_connect_timeout(no_leaks: Snapshot) -> None:
+async def test_unreachable_address_fails_within_connect_timeout() -> None:
     """Nobody listening: ConnectionError naming the address, within the connect timeout."""
     with socket.socket() as sock:  # a port that was free a moment ago, now closed
         sock.bind(("127.0.0.1", 0))

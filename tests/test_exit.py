@@ -9,15 +9,13 @@ import pytest
 
 from dask_anyio import DaskExecutor, TaskCancelled, TaskHandle, TaskStatus
 
-from .conftest import ExternalCluster, Snapshot
+from .conftest import ExternalCluster
 from .tasks import RemoteOnlyError, inc, raise_remote_only, set_event, slow_identity, wait_for_event
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_normal_exit_waits_for_outstanding_handles(
-    external_cluster: ExternalCluster, no_leaks: Snapshot
-) -> None:
+async def test_normal_exit_waits_for_outstanding_handles(external_cluster: ExternalCluster) -> None:
     """Leaving the block normally waits for every handle, then releases every key."""
     async with DaskExecutor(external_cluster.address) as ex:
         handles = [ex.submit(slow_identity, i, 0.2) for i in range(3)]
@@ -26,9 +24,7 @@ async def test_normal_exit_waits_for_outstanding_handles(
     assert external_cluster.scheduler_keys() == set()
 
 
-async def test_error_exit_cancels_outstanding_tasks(
-    external_cluster: ExternalCluster, no_leaks: Snapshot
-) -> None:
+async def test_error_exit_cancels_outstanding_tasks(external_cluster: ExternalCluster) -> None:
     """An exception in the body cancels outstanding tasks on the cluster, then propagates."""
     gate = f"gate-{uuid.uuid4()}"
     blocked: list[TaskHandle[str]] = []
@@ -51,7 +47,7 @@ async def test_error_exit_cancels_outstanding_tasks(
 
 
 async def test_cancelled_scope_exit_cancels_outstanding_tasks(
-    external_cluster: ExternalCluster, no_leaks: Snapshot
+    external_cluster: ExternalCluster,
 ) -> None:
     """A cancelled scope around the executor cancels its tasks, and the scope still ends."""
     gate = f"gate-{uuid.uuid4()}"
@@ -131,7 +127,7 @@ async def test_executor_loop_thread_is_joined(external_cluster: ExternalCluster)
 @pytest.mark.parametrize(
     "deadline", [0, 0.3], ids=["already-cancelled", "cancelled-while-starting"]
 )
-async def test_cancelled_while_entering_leaves_nothing(deadline: float, no_leaks: Snapshot) -> None:
+async def test_cancelled_while_entering_leaves_nothing(deadline: float) -> None:
     """A scope cancelled while the executor starts its cluster leaves no thread or process."""
     with anyio.move_on_after(deadline) as scope:
         async with DaskExecutor(n_workers=1, threads_per_worker=1) as ex:
@@ -193,9 +189,7 @@ async def test_cancel_while_exit_waits(external_cluster: ExternalCluster) -> Non
         await ex.run(set_event, gate)
 
 
-async def test_repeated_open_close_leaves_nothing(
-    external_cluster: ExternalCluster, no_leaks: Snapshot
-) -> None:
+async def test_repeated_open_close_leaves_nothing(external_cluster: ExternalCluster) -> None:
     """Ten open/use/close cycles: no thread, fd, process or scheduler key stays behind."""
     for i in range(10):
         async with DaskExecutor(external_cluster.address) as ex:

@@ -12,7 +12,8 @@ import pytest
 from dask_anyio import DaskExecutor
 from dask_anyio._bridge import LOOP_THREAD_NAME
 
-from .conftest import ExternalCluster, Snapshot, new_threads, snapshot
+from .conftest import ExternalCluster
+from .leakcheck import Snapshot, new_threads, snapshot
 from .tasks import inc
 
 pytestmark = pytest.mark.anyio
@@ -34,9 +35,7 @@ def assert_no_growth(before: Snapshot, after: Snapshot) -> None:
     assert new_threads(before) == []
 
 
-async def test_open_close_cycles_external(
-    external_cluster: ExternalCluster, no_leaks: Snapshot
-) -> None:
+async def test_open_close_cycles_external(external_cluster: ExternalCluster) -> None:
     """50 cycles against an external cluster: no growth in threads, file descriptors, child
     processes or scheduler keys, the private loop thread joined each time."""
     for i in range(WARM_UP):
@@ -50,7 +49,7 @@ async def test_open_close_cycles_external(
 
 
 @pytest.mark.timeout(300)  # 50 LocalCluster starts and closes: about a minute a backend
-async def test_open_close_cycles_embedded(no_leaks: Snapshot) -> None:
+async def test_open_close_cycles_embedded() -> None:
     """50 cycles with an embedded LocalCluster (worker processes): every cluster closed,
     its processes reaped, no growth in threads or file descriptors."""
     options = {"n_workers": 1, "threads_per_worker": 1}

@@ -21,7 +21,8 @@ import pytest
 
 from dask_anyio import DaskExecutor, TaskHandle, TaskStatus
 
-from .conftest import ExternalCluster, Snapshot, start_external_cluster, stop_processes
+from .conftest import ExternalCluster, start_external_cluster, stop_processes
+from .leakcheck import snapshot
 from .reliability_tasks import sleep_then_return, ten_ms_step, wait_when_recomputed
 
 pytestmark = pytest.mark.anyio
@@ -118,7 +119,6 @@ def one_nanny_worker(tmp_path: Path) -> Iterator[ExternalCluster]:
 
 @pytest.mark.timeout(240)
 async def test_worker_killed_mid_map(
-    no_leaks: Snapshot,
     four_nanny_workers: ExternalCluster,
 ) -> None:
     """SIGKILL of a worker process when 30 % of a 1000-task map is done: as_completed yields
@@ -173,7 +173,6 @@ async def _workers(ex: DaskExecutor) -> set[str]:
 
 @pytest.mark.timeout(180)
 async def test_waiters_of_a_lost_value_wake(
-    no_leaks: Snapshot,
     one_nanny_worker: ExternalCluster,
     tmp_path: Path,
 ) -> None:
@@ -213,16 +212,17 @@ async def _wait(handle: TaskHandle[Any]) -> None:
 # -- listening on the loopback interface only ---------------------------------------------
 
 
-async def test_embedded_cluster_listens_on_loopback_only(no_leaks: Snapshot) -> None:
+async def test_embedded_cluster_listens_on_loopback_only() -> None:
     """Every listening socket of the embedded LocalCluster (scheduler, dashboard, nannies,
     worker processes and their HTTP servers) is bound to 127.0.0.1 or ::1."""
+    before = snapshot()
     async with DaskExecutor(n_workers=2, threads_per_worker=1) as ex:
         identity: dict[str, Any] = await ex.call_client(
             lambda c: c.scheduler.identity(n_workers=-1)
         )
         assert len(identity["workers"]) == 2
         me = psutil.Process()
-        started = [c for c in me.children(recursive=True) if c.pid not in no_leaks.children]
+        started = [c for c in me.children(recursive=True) if c.pid not in before.children]
         listening = {
             (conn.laddr.ip, conn.laddr.port)
             for process in [me, *started]
@@ -251,9 +251,7 @@ def _ip_port(address: str) -> tuple[str, int]:
 # -- no busy waiting ---------------------------------------------------------------------
 
 
-async def test_awaiting_a_handle_does_not_busy_wait(
-    external_cluster: ExternalCluster, no_leaks: Snapshot
-) -> None:
+async def test_awaiting_a_handle_does_not_busy_wait(external_cluster: ExternalCluster) -> None:
     """While `await handle` waits for a task that sleeps 2 s on a worker, this process
     (every thread of it: the event loop, trio's private asyncio loop, Dask's threads) uses
     less CPU time than 10 % of the time waited."""

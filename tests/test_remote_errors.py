@@ -16,7 +16,7 @@ import pytest
 from dask_anyio import DaskExecutor
 
 from . import error_tasks
-from .conftest import ExternalCluster, Snapshot
+from .conftest import ExternalCluster
 from .error_tasks import (
     CodeError,
     LedgerError,
@@ -164,7 +164,7 @@ async def test_chained_exceptions_keep_their_chain(external_cluster: ExternalClu
         assert error_task_frames(context) == ["fail_while_handling", "_parse_amount"]
 
 
-async def test_killed_worker_passes_through(no_leaks: Snapshot) -> None:
+async def test_killed_worker_passes_through() -> None:
     """A task that kills its worker raises distributed.KilledWorker itself (from run() and
     from its handle), and the executor keeps working once the nanny restarted the worker."""
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):

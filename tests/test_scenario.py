@@ -9,7 +9,7 @@ import pytest
 
 from dask_anyio import DaskExecutor, TaskStatus
 
-from .conftest import ExternalCluster, Snapshot
+from .conftest import ExternalCluster
 from .tasks import slow_identity
 
 pytestmark = pytest.mark.anyio
@@ -26,7 +26,7 @@ async def seed_scenario(ex: DaskExecutor) -> None:
     assert await ex.run(operator.add, 1, 2) == 3
 
 
-async def test_seed_scenario_embedded(no_leaks: Snapshot) -> None:
+async def test_seed_scenario_embedded() -> None:
     """With no address, the executor starts, uses and closes its own LocalCluster."""
     async with DaskExecutor(n_workers=1, threads_per_worker=2) as ex:
         assert ex.client.scheduler.address.startswith("tcp://127.0.0.1:")
@@ -38,9 +38,7 @@ async def test_seed_scenario_embedded(no_leaks: Snapshot) -> None:
     assert cluster.status.name == "closed"
 
 
-async def test_seed_scenario_external(
-    external_cluster: ExternalCluster, no_leaks: Snapshot
-) -> None:
+async def test_seed_scenario_external(external_cluster: ExternalCluster) -> None:
     """Against a cluster started with `dask scheduler` / `dask worker`, and nothing left after."""
     async with DaskExecutor(external_cluster.address) as ex:
         await seed_scenario(ex)

@@ -15,7 +15,7 @@ import pytest
 
 from dask_anyio import DaskExecutor, SchedulerLost
 
-from .conftest import ABSENT, Snapshot, start_external_cluster, stop_processes
+from .conftest import ABSENT, start_external_cluster, stop_processes
 from .tasks import inc, wait_for_event
 
 pytestmark = pytest.mark.anyio
@@ -33,9 +33,7 @@ def own_cluster(tmp_path: Path) -> Iterator[tuple[str, Any]]:
         stop_processes(procs)
 
 
-async def test_pending_awaits_raise_scheduler_lost(
-    own_cluster: tuple[str, Any], no_leaks: Snapshot
-) -> None:
+async def test_pending_awaits_raise_scheduler_lost(own_cluster: tuple[str, Any]) -> None:
     """Killing the scheduler with 100 tasks pending makes every pending await raise
     SchedulerLost (a ConnectionError) within seconds; new work is refused with it; the exit
     tells the loss of the tasks nobody awaited once."""

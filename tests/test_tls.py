@@ -12,14 +12,14 @@ from distributed.security import Security
 
 from dask_anyio import DaskExecutor
 
-from .conftest import Certificates, ExternalCluster, Snapshot, make_certificates
+from .conftest import Certificates, ExternalCluster, make_certificates
 from .tasks import slow_identity
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_scenario_over_tls(
-    tls_cluster: ExternalCluster, tls_certificates: Certificates, no_leaks: Snapshot
+    tls_cluster: ExternalCluster, tls_certificates: Certificates
 ) -> None:
     """With the right Security, a tls:// scheduler runs the scenario and keeps no key after."""
     assert tls_cluster.address.startswith("tls://127.0.0.1:")
@@ -31,9 +31,7 @@ async def test_scenario_over_tls(
     assert tls_cluster.scheduler_keys() == set()
 
 
-async def test_tls_without_certificate_is_refused(
-    tls_cluster: ExternalCluster, no_leaks: Snapshot
-) -> None:
+async def test_tls_without_certificate_is_refused(tls_cluster: ExternalCluster) -> None:
     """No TLS configuration for a tls:// address: a clear error naming it, before connecting."""
     with anyio.fail_after(30), pytest.raises(ValueError, match=r"tls://127\.0\.0\.1.* speaks TLS"):
         async with DaskExecutor(tls_cluster.address, connect_timeout=2):
@@ -41,7 +39,7 @@ async def test_tls_without_certificate_is_refused(
 
 
 async def test_certificate_of_another_ca_is_refused(
-    tls_cluster: ExternalCluster, tmp_path: Path, no_leaks: Snapshot
+    tls_cluster: ExternalCluster, tmp_path: Path
 ) -> None:
     """A client certificate signed by another CA: a clear ConnectionError naming the address,
     within the connect timeout, and no file descriptor left open."""
@@ -52,7 +50,7 @@ async def test_certificate_of_another_ca_is_refused(
 
 
 async def test_missing_client_certificate_is_refused(
-    tls_cluster: ExternalCluster, tls_certificates: Certificates, no_leaks: Snapshot
+    tls_cluster: ExternalCluster, tls_certificates: Certificates
 ) -> None:
     """Trusting the CA without a client certificate of one's own (the scheduler requires
     one): refused at once, saying what to pass."""
@@ -63,7 +61,7 @@ async def test_missing_client_certificate_is_refused(
 
 
 async def test_plain_tcp_refused_when_encryption_is_required(
-    external_cluster: ExternalCluster, tls_certificates: Certificates, no_leaks: Snapshot
+    external_cluster: ExternalCluster, tls_certificates: Certificates
 ) -> None:
     """require_encryption=True and a tcp:// address: refused at once, saying why."""
     with pytest.raises(ValueError, match=r"require encryption.* not a tls:// address"):
