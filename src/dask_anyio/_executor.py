@@ -558,12 +558,13 @@ class DaskExecutor:
             return
         batch = self._forget_batches[reason] = _ForgetBatch(list(handles), pending)
         try:
-            await anyio.lowlevel.checkpoint()  # let the calls cancelled with this one join
-        finally:
-            del self._forget_batches[reason]
-        try:
-            await self._forget_now(batch, reason)
-        finally:
+            try:
+                await anyio.lowlevel.checkpoint()  # let the calls cancelled with this one join
+            finally:  # (even if a native asyncio cancel got through the shield)
+                del self._forget_batches[reason]
+                with anyio.CancelScope(shield=True):
+                    await self._forget_now(batch, reason)
+        finally:  # the others wait for this, come what may
             batch.done.set()
 
     async def _forget_now(self, batch: _ForgetBatch, reason: str) -> None:
