@@ -3,6 +3,7 @@ a child process behind, sync and async, on asyncio and trio; clean tests pass.""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
@@ -18,7 +19,7 @@ LEFT: list[Any] = []
 STOP = threading.Event()
 
 INNER = """
-import socket, subprocess, sys, threading
+import os, socket, subprocess, sys, threading
 
 import anyio
 import pytest
@@ -69,6 +70,16 @@ async def test_fd_async():
     LEFT.append(socket.create_connection(("127.0.0.1", LISTENER_PORT)))
 
 
+@pytest.fixture
+async def event_loop_from_setup():
+    yield  # an async fixture: the event loop's descriptors open in setup, close in teardown
+
+
+@pytest.mark.anyio
+async def test_pipe_async_with_async_fixture(event_loop_from_setup):
+    LEFT.extend(os.pipe())
+
+
 def test_child_process():
     LEFT.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
 """
@@ -83,16 +94,19 @@ def test_leaks_fail_the_test(pytester: pytest.Pytester, monkeypatch: pytest.Monk
             result = pytester.runpytest_inprocess("-p", "tests.leakcheck", "-p", "no:cacheprovider")
         finally:
             _clean_up()
-    result.assert_outcomes(passed=10, errors=7)
-    errors = [line for line in result.outlines if "left behind:" in line]
-    assert len(errors) == 7, result.outlines
+    result.assert_outcomes(passed=12, errors=9)
+    # (the failure sections; the short summary repeats them, cut to the terminal's width)
+    errors = [line for line in result.outlines if line.startswith("test_inner.py::")]
+    assert len(errors) == 9, result.outlines
     expected = {
         "test_thread_sync": "thread 'left-behind'",
         "test_thread_async[asyncio]": "thread 'left-behind'",
         "test_thread_async[trio]": "thread 'left-behind'",
-        "test_fd_sync": "1 more file descriptor(s)",
-        "test_fd_async[asyncio]": "1 more file descriptor(s)",
-        "test_fd_async[trio]": "1 more file descriptor(s)",
+        "test_fd_sync": "1 file descriptor(s)",
+        "test_fd_async[asyncio]": "1 file descriptor(s)",
+        "test_fd_async[trio]": "1 file descriptor(s)",
+        "test_pipe_async_with_async_fixture[asyncio]": "2 file descriptor(s)",
+        "test_pipe_async_with_async_fixture[trio]": "2 file descriptor(s)",
         "test_child_process": "child process",
     }
     for test, leak in expected.items():
@@ -107,6 +121,8 @@ def _clean_up() -> None:
     for thing in LEFT:
         if isinstance(thing, threading.Thread):
             thing.join()
+        elif isinstance(thing, int):
+            os.close(thing)
         elif isinstance(thing, subprocess.Popen):
             thing.kill()
             thing.wait()
