@@ -15,7 +15,7 @@ from anyio.lowlevel import checkpoint
 
 from dask_anyio import DaskExecutor, TaskCancelled, TaskStatus
 
-from .conftest import ExternalCluster
+from .conftest import ABSENT, ExternalCluster
 from .tasks import inc, mark_started, set_event, wait_for_event
 
 pytestmark = pytest.mark.anyio
@@ -126,6 +126,26 @@ async def test_handle_cancel(external_cluster: ExternalCluster) -> None:
         assert await ex.retrieve(finished) == 2
         await ex.run(set_event, gate)
     assert not {handle.key, dependent.key} & external_cluster.scheduler_keys()
+
+
+async def test_dependents_of_a_cancelled_handle_are_not_failures_at_exit(
+    external_cluster: ExternalCluster,
+) -> None:
+    """Dependents that Dask cancels with a cancelled handle raise TaskCancelled when awaited,
+    with the handle's reason, but the exit does not report them as unobserved failures: the
+    cancellation was asked for. (A task another client cancels still is: see below.)"""
+    async with DaskExecutor(external_cluster.address) as ex:
+        blocker = ex.submit(inc, 1, resources=ABSENT)
+        dependents = ex.map(inc, [blocker] * 20)
+        awaited = ex.submit(inc, blocker)
+        blocker.cancel()
+        with pytest.raises(TaskCancelled, match=r"TaskHandle\.cancel\(\) was called"):
+            await awaited
+        with anyio.fail_after(10):
+            async for _ in ex.as_completed(dependents):  # Dask's cascade, told to the client
+                pass
+        assert {h.status for h in dependents} == {TaskStatus.CANCELLED}
+    assert not {h.key for h in [blocker, awaited, *dependents]} & external_cluster.scheduler_keys()
 
 
 async def test_cancelled_by_someone_else(external_cluster: ExternalCluster) -> None:

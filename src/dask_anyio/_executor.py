@@ -32,7 +32,7 @@ from distributed.deploy.cluster import Cluster
 from ._bridge import CoreRunner, open_core_runner
 from ._core import DaskCore, logger
 from ._handle import ExecutorStatistics, SchedulerLost, TaskCancelled, TaskHandle, TaskStatus
-from ._streams import AsCompleted, ResultStream, _Stream
+from ._streams import _REASON_STREAM, AsCompleted, ResultStream, _Stream
 
 __all__ = ["DaskExecutor"]
 
@@ -46,6 +46,7 @@ _SCALARS = (str, bytes, int, float, complex, bool, type(None))
 _REASON_SCOPE = "the scope that owned it was cancelled"
 _REASON_HANDLE = "TaskHandle.cancel() was called"
 _REASON_EXIT = "the DaskExecutor exited with an error"
+_OUR_REASONS = frozenset({_REASON_SCOPE, _REASON_HANDLE, _REASON_EXIT, _REASON_STREAM})
 #: The reason Dask gives to futures cancelled because the scheduler connection was lost.
 _REASON_SCHEDULER_LOST = "scheduler-connection-lost"
 #: How often to look at a task whose value was lost with a worker (rare).
@@ -231,6 +232,8 @@ class DaskExecutor:
                     and h._cancel_reason is None
                     # on an error exit, the executor itself cancelled what was pending
                     and (error is None or h._final_status is TaskStatus.ERROR)
+                    # a dependent of a task this executor cancelled: cancelled with it
+                    and not _cancelled_by_us(h._failure)
                 ]
         except Exception as cleanup_error:
             cleanup_errors.append(cleanup_error)
@@ -1113,6 +1116,12 @@ def _map_handles(obj: Any, fn: Callable[[TaskHandle[Any]], Any]) -> Any:
         pairs = ((k, _map_handles(v, fn)) for k, v in obj.items())
         return {k: v for k, v in pairs if v is not _SKIP}
     return obj
+
+
+def _cancelled_by_us(failure: Exception) -> bool:
+    """Whether ``failure`` is the cancellation of a task that this executor cancelled, or
+    that Dask cancelled because a task it depends on was (Dask's cancel cascades)."""
+    return isinstance(failure, TaskCancelled) and failure.reason in _OUR_REASONS
 
 
 def _one_scheduler_lost(failures: list[Exception]) -> list[Exception]:
