@@ -1,4 +1,5 @@
-"""The one entry point for checks: `nox -s tests`, `lint`, `typecheck`, `docs`, `demo`."""
+"""The one entry point for checks: `nox -s tests`, `lint`, `typecheck`, `docs`, `demo`,
+`bench`."""
 
 from __future__ import annotations
 
@@ -60,3 +61,11 @@ def demo(session: nox.Session) -> None:
     """Run the demo on an embedded LocalCluster: `nox -s demo -- --backend trio`."""
     session.install("-e", ".[trio]")
     session.run("python", "-m", "dask_anyio", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the raw Dask client, on a cluster of their own. `nox -s bench --
+    --quick` is a smoke run (under 2 minutes); see benchmarks/README.md."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "dask_anyio", "bench", *session.posargs)

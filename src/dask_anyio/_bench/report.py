@@ -1,0 +1,222 @@
+"""Summaries of a benchmark run: statistics, ratios to the baseline, markdown and a chart."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .contenders import BASELINE, CONTENDERS
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, linearly interpolated."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = (len(ordered) - 1) * q
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+#: metric -> (workload prefix, how to get samples from one repetition, unit, higher is better)
+METRICS: dict[str, tuple[str, str, str, bool]] = {
+    "map throughput": ("map", "tasks_per_s", "tasks/s", True),
+    "submit throughput": ("submit", "tasks_per_s", "tasks/s", True),
+    "round trip": ("round_trip", "samples", "ms", False),
+    "chain": ("chain", "seconds", "ms", False),
+    "fan-in": ("fan_in", "seconds", "ms", False),
+    "cancel to forgotten": ("cancel_latency", "forgotten", "ms", False),
+    "cancel: scope exit": ("cancel_latency", "scope_exit", "ms", False),
+    "storm: all forgotten": ("cancel_storm", "all_forgotten", "ms", False),
+    "storm: scope exit": ("cancel_storm", "scope_exit", "ms", False),
+    "memory per pending task": ("memory_per_pending", "bytes_per_task", "bytes", False),
+    "large result": ("large_result", "seconds", "ms", False),
+}
+
+#: Targets of issue 5, as ratios to the baseline (or, for cancel latency, p95 in ms).
+TARGETS = {
+    ("map throughput", "dask-anyio-asyncio"): 0.95,
+    ("map throughput", "dask-anyio-trio"): 0.90,
+    ("submit throughput", "dask-anyio-asyncio"): 0.95,
+    ("submit throughput", "dask-anyio-trio"): 0.90,
+    ("round trip", "dask-anyio-asyncio"): 1.10,
+    ("round trip", "dask-anyio-trio"): 1.20,
+    ("memory per pending task", "dask-anyio-asyncio"): 2.0,
+    ("memory per pending task", "dask-anyio-trio"): 2.0,
+}
+CANCEL_P95_TARGET_MS = 50.0
+
+
+def _samples(reps: list[dict[str, Any]], workload: str, field: str) -> list[float]:
+    found: list[float] = []
+    for rep in reps:
+        value = rep.get(workload, {}).get(field)
+        if isinstance(value, list):
+            found += [float(v) for v in value]
+        elif isinstance(value, int | float):
+            found.append(float(value))
+    return found
+
+
+def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    """saturation -> metric (with its size) -> contender -> {median, p95, n, ratio}."""
+    summary: dict[str, Any] = {}
+    for saturation, per_contender in data["runs"].items():
+        workloads = sorted({w for reps in per_contender.values() for rep in reps for w in rep})
+        table: dict[str, Any] = {}
+        for metric, (prefix, field, unit, higher_better) in METRICS.items():
+            for workload in [w for w in workloads if w.split(":")[0] == prefix]:
+                size = workload.split(":")[1]
+                row: dict[str, Any] = {}
+                for contender, reps in per_contender.items():
+                    samples = _samples(reps, workload, field)
+                    if unit == "ms":
+                        samples = [s * 1000 for s in samples]
+                    errors = [
+                        rep[workload]["error"] for rep in reps if "error" in rep.get(workload, {})
+                    ]
+                    failed = [
+                        rep[workload] for rep in reps if rep.get(workload, {}).get("ok") is False
+                    ]
+                    row[contender] = {
+                        "median": statistics.median(samples) if samples else None,
+                        "p95": percentile(samples, 0.95) if samples else None,
+                        "n": len(samples),
+                        "errors": errors + [f.get("error", "wrong result") for f in failed],
+                    }
+                base = row.get(BASELINE, {}).get("median")
+                for cell in row.values():
+                    if cell["median"] is not None and base:
+                        cell["ratio"] = cell["median"] / base
+                table[f"{metric} ({size})"] = {
+                    "unit": unit,
+                    "higher_is_better": higher_better,
+                    "metric": metric,
+                    "contenders": row,
+                }
+        summary[saturation] = table
+    return summary
+
+
+def _cell(cell: dict[str, Any], unit: str) -> str:
+    if cell["median"] is None:
+        return "fails" if cell["errors"] else "n/a"
+    digits = 0 if unit in ("tasks/s", "bytes") or cell["median"] >= 100 else 1
+    text = f"{cell['median']:.{digits}f}"
+    if cell["n"] > 1:
+        text += f" (p95 {cell['p95']:.{digits}f})"
+    if "ratio" in cell:
+        text += f" **{cell['ratio']:.2f}x**"
+    return text
+
+
+def markdown(data: dict[str, Any]) -> str:
+    machine = data["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    contenders = [c for c in CONTENDERS if any(c in rows for rows in data["runs"].values())]
+    lines = [
+        f"# Benchmark results ({data['date']})",
+        "",
+        f"Machine: {machine['usable_cores']} usable cores of {machine['cores']}, "
+        f"{machine['implementation']} {machine['python']}, {machine['platform']}.",
+        f"Versions: {versions}.",
+        f"Plan: {data['plan']['repetitions']} repetitions, {data['plan']['workers']} worker(s) "
+        f"with {data['plan']['threads']} threads; the run took {data['seconds']:.0f} s.",
+        "",
+        "Each cell: median (p95 where there are several samples), **ratio to raw-asyncio** "
+        "from the same run. Throughput: higher is better; times and memory: lower is better.",
+    ]
+    if data["skipped"]:
+        lines.append("Left out: " + "; ".join(f"{c} ({why})" for c, why in data["skipped"].items()))
+    for saturation, table in data["summary"].items():
+        lines += ["", f"## worker-saturation = {saturation}", ""]
+        lines.append("| workload | unit | " + " | ".join(contenders) + " |")
+        lines.append("| --- | --- |" + " --- |" * len(contenders))
+        for name, row in table.items():
+            cells = [
+                _cell(row["contenders"][c], row["unit"]) if c in row["contenders"] else ""
+                for c in contenders
+            ]
+            lines.append(f"| {name} | {row['unit']} | " + " | ".join(cells) + " |")
+        lines += ["", *_targets(table)]
+        errors = sorted(
+            {
+                f"{c}, {name}: {e}"
+                for name, row in table.items()
+                for c, cell in row["contenders"].items()
+                for e in cell["errors"]
+            }
+        )
+        if errors:
+            lines += ["", "Failures:", *[f"- {e}" for e in errors]]
+    return "\n".join(lines) + "\n"
+
+
+def _targets(table: dict[str, Any]) -> list[str]:
+    lines = [_row("target", "contender", "goal", "measured", "met"), _row(*["---"] * 5)]
+    for name, row in table.items():
+        for contender, cell in row["contenders"].items():
+            goal = TARGETS.get((row["metric"], contender))
+            if goal is not None and "ratio" in cell:
+                ratio = cell["ratio"]
+                met = ratio >= goal if row["higher_is_better"] else ratio <= goal
+                sign = ">=" if row["higher_is_better"] else "<="
+                lines.append(
+                    _row(name, contender, f"{sign} {goal:.2f}x", f"{ratio:.2f}x", _met(met))
+                )
+            cancel = row["metric"] == "cancel to forgotten" and contender.startswith("dask-anyio")
+            if cancel and cell["p95"] is not None:
+                met = cell["p95"] <= CANCEL_P95_TARGET_MS
+                goal_ms = f"<= {CANCEL_P95_TARGET_MS:.0f} ms (p95)"
+                lines.append(_row(name, contender, goal_ms, f"{cell['p95']:.1f} ms", _met(met)))
+    return lines
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _met(met: bool) -> str:
+    return "yes" if met else "**no**"
+
+
+def chart(data: dict[str, Any], path: Path) -> Path | None:
+    """Ratios to the baseline, one panel per worker-saturation setting (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    summary = data["summary"]
+    figure, axes = plt.subplots(len(summary), 1, figsize=(11, 4.2 * len(summary)), squeeze=False)
+    for ax, (saturation, table) in zip(axes[:, 0], summary.items(), strict=True):
+        names = [
+            n for n, row in table.items() if any("ratio" in c for c in row["contenders"].values())
+        ]
+        contenders = [
+            c
+            for c in CONTENDERS
+            if c != BASELINE and any(c in table[n]["contenders"] for n in names)
+        ]
+        width = 0.8 / max(len(contenders), 1)
+        for i, contender in enumerate(contenders):
+            ratios = [
+                table[n]["contenders"].get(contender, {}).get("ratio", math.nan) for n in names
+            ]
+            xs = [x + i * width for x in range(len(names))]
+            ax.bar(xs, ratios, width, label=contender)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))])
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("ratio to raw-asyncio (log)")
+        ax.set_title(f"worker-saturation = {saturation}")
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

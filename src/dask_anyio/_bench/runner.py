@@ -1,0 +1,284 @@
+"""The benchmark runner: ``dask anyio bench`` and ``nox -s bench``.
+
+In one run it starts its own cluster (``dask scheduler`` and ``dask worker`` processes on
+127.0.0.1, port 0, no dashboard), once per ``worker-saturation`` setting, and runs every
+contender's workloads in a fresh process, repetition by repetition, in an order that rotates
+from one repetition to the next (A/B interleaved). Each process first does a discarded
+warm-up. The report gives medians and p95s, and every figure as a ratio to the raw
+asynchronous client on asyncio from the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .contenders import CONTENDERS
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures."""
+
+    contenders: tuple[str, ...] = tuple(CONTENDERS)
+    saturations: tuple[str, ...] = ("1.1", "inf")
+    repetitions: int = 3
+    #: Task counts of the throughput workloads; the largest runs in the first repetition only.
+    sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
+    round_trips: int = 500
+    chain: int = 100
+    fan_in: int = 1_000
+    cancellations: int = 50
+    storm: int = 10_000
+    pending: int = 100_000
+    large_result: int = 100 * MIB
+    workers: int = 1
+    threads: int = 2
+    #: Seconds one contender's process may take for one repetition.
+    process_timeout: float = 3600
+
+    def workloads(self, repetition: int) -> list[tuple[str, int]]:
+        sizes = self.sizes if repetition == 0 else self.sizes[:-1] or self.sizes
+        work: list[tuple[str, int]] = []
+        for n in sizes:
+            work += [("map", n), ("submit", n)]
+        work += [
+            ("round_trip", self.round_trips),
+            ("chain", self.chain),
+            ("fan_in", self.fan_in),
+            ("cancel_latency", self.cancellations),
+            ("cancel_storm", self.storm),
+        ]
+        if repetition == 0:
+            work += [("memory_per_pending", self.pending), ("large_result", self.large_result)]
+        return work
+
+
+QUICK = Plan(
+    saturations=("1.1",),
+    repetitions=1,
+    sizes=(200,),
+    round_trips=50,
+    chain=20,
+    fan_in=200,
+    cancellations=5,
+    storm=500,
+    pending=2_000,
+    large_result=16 * MIB,
+    process_timeout=120,
+)
+
+
+@dataclass
+class Cluster:
+    address: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def start_cluster(saturation: str, plan: Plan, log: Path) -> Iterator[Cluster]:
+    """A scheduler (with the benchmark's plugin preloaded) and workers on 127.0.0.1."""
+    env = {
+        **os.environ,
+        "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": saturation,
+        "PYTHONWARNINGS": "ignore",
+    }
+    with tempfile.TemporaryDirectory(prefix="dask-anyio-bench-") as tmp, log.open("ab") as out:
+        scheduler_file = Path(tmp) / "scheduler.json"
+        spawn = _spawner(env, out)
+        cluster = Cluster("")
+        scheduler = ["--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+        scheduler += ["--scheduler-file", str(scheduler_file)]
+        scheduler += ["--preload", "dask_anyio._bench.tasks"]
+        try:
+            cluster.processes.append(spawn("distributed.cli.dask_scheduler", *scheduler))
+            cluster.address = _wait_for_address(scheduler_file, cluster.processes[0])
+            for i in range(plan.workers):
+                worker = [cluster.address, "--host", "127.0.0.1", "--no-dashboard"]
+                worker += ["--nworkers", "1", "--nthreads", str(plan.threads)]
+                worker += ["--name", f"bench-{i}"]
+                worker += ["--local-directory", str(Path(tmp) / f"worker-{i}")]
+                cluster.processes.append(spawn("distributed.cli.dask_worker", *worker))
+            _wait_for_workers(cluster.address, plan.workers)
+            yield cluster
+        finally:
+            _stop(cluster.processes)
+
+
+def _spawner(env: dict[str, str], out: Any) -> Callable[..., subprocess.Popen[bytes]]:
+    def spawn(module: str, *args: str) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", module, *args]
+        return subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
+
+    return spawn
+
+
+def _wait_for_address(path: Path, scheduler: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if scheduler.poll() is not None:
+            raise RuntimeError(f"the scheduler exited with {scheduler.returncode}")
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            address: str = json.loads(path.read_text())["address"]
+            return address
+        time.sleep(0.05)
+    raise TimeoutError("the scheduler did not start within 60 s")
+
+
+def _wait_for_workers(address: str, n: int) -> None:
+    import distributed
+
+    with distributed.Client(address, set_as_default=False, timeout=60) as client:
+        client.wait_for_workers(n, timeout=60)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in reversed(processes):
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def run_contender(
+    contender: str, address: str, workloads: list[tuple[str, int]], log: Path, timeout: float
+) -> dict[str, Any]:
+    """Run ``workloads`` with ``contender`` in a fresh process; return its measurements."""
+    spec = json.dumps({"contender": contender, "address": address, "workloads": workloads})
+    command = [sys.executable, "-m", "dask_anyio._bench.workloads", spec]
+    with log.open("ab") as err:
+        err.write(f"\n=== {contender} {workloads}\n".encode())
+        err.flush()
+        try:
+            done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"process_error": f"did not finish within {timeout:g} s; see {log}"}
+    lines = done.stdout.decode().strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"process_error": f"exit status {done.returncode}; see {log}"}
+    results: dict[str, Any] = json.loads(lines[-1])
+    return results
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def machine() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for name in ("dask-anyio", "dask", "distributed", "tornado", "anyio", "trio", "trio-asyncio"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def available(contenders: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """Contenders whose libraries are installed, and why the others are left out."""
+    import importlib.util
+
+    needs = {"dask-anyio-trio": "trio", "trio-asyncio": "trio_asyncio", "sync-to-thread": "trio"}
+    usable, skipped = [], {}
+    for contender in contenders:
+        module = needs.get(contender)
+        if module is not None and importlib.util.find_spec(module) is None:
+            skipped[contender] = f"{module} is not installed"
+        else:
+            usable.append(contender)
+    return usable, skipped
+
+
+def run(plan: Plan, output: Path, say: Callable[[str], object] = print) -> dict[str, Any]:
+    """Run the whole plan; write JSON, markdown and a chart under ``output``."""
+    from . import report
+
+    # A terminated run stops its cluster on the way out (the processes have sessions of
+    # their own: nothing else would stop them).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    output.mkdir(parents=True, exist_ok=True)
+    log = output / "bench.log"
+    log.write_bytes(b"")
+    contenders, skipped = available(plan.contenders)
+    started = time.monotonic()
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for saturation in plan.saturations:
+        say(f"worker-saturation {saturation}: starting a cluster")
+        with start_cluster(saturation, plan, log) as cluster:
+            warm_up = [("map", 100)]
+            run_contender(contenders[0], cluster.address, warm_up, log, plan.process_timeout)
+            per_contender: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
+            for repetition in range(plan.repetitions):
+                shift = repetition % len(contenders)
+                for contender in contenders[shift:] + contenders[:shift]:
+                    say(f"  repetition {repetition + 1}/{plan.repetitions}: {contender}")
+                    workloads = plan.workloads(repetition)
+                    result = run_contender(
+                        contender, cluster.address, workloads, log, plan.process_timeout
+                    )
+                    per_contender[contender].append(result)
+            runs[saturation] = per_contender
+    data = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "plan": plan.__dict__,
+        "skipped": skipped,
+        "seconds": time.monotonic() - started,
+        "runs": runs,
+    }
+    data["summary"] = report.summarize(data)
+    (output / "results.json").write_text(json.dumps(data, indent=1))
+    (output / "results.md").write_text(report.markdown(data))
+    chart = report.chart(data, output / "results.png")
+    say(report.markdown(data))
+    if chart is None:
+        say("(no chart: matplotlib is not installed)")
+    return data
+
+
+def problems(data: dict[str, Any]) -> list[str]:
+    """What makes a run fail (the smoke check in CI): a contender's process that failed, an
+    error in a dask-anyio workload, or keys of dask-anyio left on the scheduler. Failures of
+    the other ways of driving Dask are results, not problems. Times are never checked."""
+    found = []
+    for saturation, per_contender in data["runs"].items():
+        for contender, reps in per_contender.items():
+            for rep in reps:
+                where = f"{contender}, worker-saturation {saturation}"
+                if "process_error" in rep:
+                    found.append(f"{where}: {rep['process_error']}")
+                    continue
+                if not contender.startswith("dask-anyio"):
+                    continue
+                for workload, value in rep.items():
+                    if isinstance(value, dict) and ("error" in value or value.get("ok") is False):
+                        found.append(f"{where}, {workload}: {value.get('error', 'wrong result')}")
+                if rep.get("leftover_tasks"):
+                    found.append(f"{where}: the scheduler still held {rep['leftover_tasks']} keys")
+    return found

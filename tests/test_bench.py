@@ -1,0 +1,106 @@
+"""The benchmark runner's own logic: plans, statistics, ratios, targets and what fails a run.
+(The runner itself runs for real in CI: `nox -s bench -- --quick`.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dask_anyio._bench import report, runner
+
+
+def _data(runs: dict[str, Any]) -> dict[str, Any]:
+    data = {
+        "date": "2026-11-26T00:00:00+00:00",
+        "machine": {
+            "cores": 2,
+            "usable_cores": 2,
+            "python": "3.11.7",
+            "implementation": "CPython",
+            "platform": "Linux",
+            "versions": {"dask": "2026.8.0"},
+        },
+        "plan": {"repetitions": 2, "workers": 1, "threads": 2},
+        "skipped": {"trio-asyncio": "trio_asyncio is not installed"},
+        "seconds": 12.0,
+        "runs": {"1.1": runs},
+    }
+    data["summary"] = report.summarize(data)
+    return data
+
+
+RUNS = {
+    "raw-asyncio": [
+        {"map:1000": {"tasks_per_s": 400.0}, "round_trip:4": {"samples": [0.010, 0.011]}},
+        {"map:1000": {"tasks_per_s": 500.0}, "round_trip:4": {"samples": [0.012, 0.013]}},
+    ],
+    "dask-anyio-asyncio": [
+        {"map:1000": {"tasks_per_s": 360.0}, "round_trip:4": {"samples": [0.011, 0.012]}},
+        {"map:1000": {"tasks_per_s": 450.0}, "round_trip:4": {"samples": [0.013, 0.030]}},
+    ],
+    "dask-anyio-trio": [
+        {"map:1000": {"error": "RuntimeError: boom"}, "round_trip:4": {"samples": [0.02]}},
+        {"map:1000": {"tasks_per_s": 450.0}, "round_trip:4": {"samples": [0.02]}},
+    ],
+}
+
+
+def test_summary_medians_p95_and_ratios_to_the_baseline() -> None:
+    table = _data(RUNS)["summary"]["1.1"]
+    throughput = table["map throughput (1000)"]["contenders"]
+    assert throughput["raw-asyncio"]["median"] == 450.0
+    assert throughput["raw-asyncio"]["ratio"] == 1.0
+    assert throughput["dask-anyio-asyncio"]["ratio"] == pytest.approx(405 / 450)
+    assert throughput["dask-anyio-trio"]["n"] == 1
+    assert throughput["dask-anyio-trio"]["errors"] == ["RuntimeError: boom"]
+    trip = table["round trip (4)"]["contenders"]  # samples pooled over repetitions, in ms
+    assert trip["raw-asyncio"]["median"] == pytest.approx(11.5)
+    assert trip["dask-anyio-asyncio"]["p95"] == pytest.approx(
+        report.percentile([11, 12, 13, 30], 0.95)
+    )
+    assert trip["dask-anyio-trio"]["ratio"] == pytest.approx(20 / 11.5)
+
+
+def test_markdown_shows_ratios_targets_failures_and_what_was_left_out() -> None:
+    text = report.markdown(_data(RUNS))
+    assert "| map throughput (1000) | tasks/s | 450 (p95 495) **1.00x** |" in text
+    assert "| map throughput (1000) | dask-anyio-asyncio | >= 0.95x | 0.90x | **no** |" in text
+    assert "| round trip (4) | dask-anyio-trio | <= 1.20x | 1.74x | **no** |" in text
+    assert "- dask-anyio-trio, map throughput (1000): RuntimeError: boom" in text
+    assert "Left out: trio-asyncio (trio_asyncio is not installed)" in text
+
+
+def test_percentile_interpolates() -> None:
+    assert report.percentile([1, 2, 3, 4, 5], 0.5) == 3
+    assert report.percentile([1, 2], 0.95) == pytest.approx(1.95)
+    assert report.percentile([7], 0.95) == 7
+
+
+def test_problems_are_our_failures_not_the_other_contenders() -> None:
+    runs: dict[str, Any] = {
+        "raw-asyncio": [{"map:10": {"tasks_per_s": 1.0}, "leftover_tasks": 3}],
+        "dask-anyio-asyncio": [{"map:10": {"tasks_per_s": 1.0}, "leftover_tasks": 0}],
+        "dask-anyio-trio": [
+            {"large_result:8": {"ok": False, "error": "ValueError: x"}, "leftover_tasks": 2}
+        ],
+        "trio-asyncio": [{"large_result:8": {"ok": False, "error": "AssertionError"}}],
+        "sync-to-thread": [{"process_error": "exit status 1"}],
+    }
+    found = runner.problems({"runs": {"inf": runs}})
+    assert found == [
+        "dask-anyio-trio, worker-saturation inf, large_result:8: ValueError: x",
+        "dask-anyio-trio, worker-saturation inf: the scheduler still held 2 keys",
+        "sync-to-thread, worker-saturation inf: exit status 1",
+    ]
+
+
+def test_the_largest_size_runs_in_the_first_repetition_only() -> None:
+    plan = runner.Plan(sizes=(10, 100))
+    first, later = plan.workloads(0), plan.workloads(1)
+    assert ("map", 100) in first
+    assert ("submit", 100) in first
+    assert ("map", 100) not in later
+    assert ("map", 10) in later
+    assert ("memory_per_pending", plan.pending) in first
+    assert ("memory_per_pending", plan.pending) not in later
