@@ -255,3 +255,17 @@ def _process_wide_helpers() -> None:
         import uvloop
 
         uvloop.new_event_loop().close()
+
+
+def count_cancel_requests(ex: Any) -> list[int]:
+    """Make the open executor ``ex`` record the number of tasks of each cancel request it
+    sends to the cluster, in the returned list (white box: for tests of the batching)."""
+    sizes: list[int] = []
+    cancel = ex._core.cancel
+
+    async def counted(futures: Any, reason: str) -> None:
+        sizes.append(len(futures))
+        await cancel(futures, reason)
+
+    ex._core.cancel = counted
+    return sizes

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -15,7 +14,7 @@ from anyio.lowlevel import checkpoint
 
 from dask_anyio import DaskExecutor, TaskCancelled, TaskStatus
 
-from .conftest import ABSENT, ExternalCluster
+from .conftest import ABSENT, ExternalCluster, count_cancel_requests
 from .tasks import inc, mark_started, set_event, wait_for_event
 
 pytestmark = pytest.mark.anyio
@@ -196,14 +195,7 @@ async def test_many_handle_cancels_are_sent_together(external_cluster: ExternalC
         # No worker has this resource: the tasks wait on the scheduler, holding no thread.
         handles = [ex.submit(inc, i, resources={"ABSENT": 1}) for i in range(200)]
         await ex.run(inc, 0)  # barrier: the scheduler knows them all
-        sent: list[int] = []
-        cancel = ex._core.cancel
-
-        async def counting_cancel(futures: Any, reason: str) -> None:
-            sent.append(len(futures))
-            await cancel(futures, reason)
-
-        ex._core.cancel = counting_cancel  # type: ignore[method-assign]
+        sent = count_cancel_requests(ex)
         assert all(h.cancel() for h in handles)
     assert sent == [200]
     assert not {h.key for h in handles} & external_cluster.scheduler_keys()

@@ -18,7 +18,7 @@ import pytest
 
 from dask_anyio import DaskExecutor, TaskHandle, TaskStatus
 
-from .conftest import ABSENT, ExternalCluster
+from .conftest import ABSENT, ExternalCluster, count_cancel_requests
 from .stress_tasks import after, triple
 from .tasks import wait_for_event
 
@@ -203,15 +203,7 @@ async def _check_run_storm(
     external_cluster: ExternalCluster, log_watch: LogWatch, calls: int, work: str, gate: str
 ) -> None:
     async with DaskExecutor(external_cluster.address) as ex:
-        # Count the cancel requests the executor makes (white box: the batching itself).
-        cancels: list[int] = []
-        cancel = ex._core.cancel
-
-        async def counted(futures: Any, reason: str) -> None:
-            cancels.append(len(futures))
-            await cancel(futures, reason)
-
-        ex._core.cancel = counted  # type: ignore[method-assign]
+        cancels = count_cancel_requests(ex)
         blocker = await _run_storm(external_cluster, ex, calls, work, gate)
         # The calls were cancelled together: one request cancelled them all.
         assert cancels == [calls]
