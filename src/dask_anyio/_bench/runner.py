@@ -96,6 +96,8 @@ def start_cluster(saturation: str, plan: Plan, log: Path) -> Iterator[Cluster]:
     env = {
         **os.environ,
         "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": saturation,
+        # the observer's polls would fill the log with "Run out-of-band function"
+        "DASK_LOGGING__DISTRIBUTED": "warning",
         "PYTHONWARNINGS": "ignore",
     }
     with tempfile.TemporaryDirectory(prefix="dask-anyio-bench-") as tmp, log.open("ab") as out:

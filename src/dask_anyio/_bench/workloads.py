@@ -56,7 +56,7 @@ class Observer:
         held = 0
         with anyio.move_on_after(10 + n / 200):
             while (held := await self._on_scheduler(tasks.held_count)) < n:  # noqa: ASYNC110
-                await anyio.sleep(0.005)
+                await anyio.sleep(0.02)
             return
         raise RuntimeError(f"only {held} of {n} tasks reached the scheduler")
 
@@ -68,7 +68,7 @@ class Observer:
                 times: dict[str, float] = await self._on_scheduler(tasks.forgotten_since, since)
                 if len(times) >= n:
                     return sorted(times.values())
-                await anyio.sleep(0.005)
+                await anyio.sleep(0.02)
         return None
 
     async def scheduler_tasks(self) -> int:
