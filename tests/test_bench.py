@@ -69,6 +69,7 @@ def test_markdown_shows_ratios_targets_failures_and_what_was_left_out() -> None:
     assert "| round trip (4) | dask-anyio-trio | <= 1.20x | 1.74x | **no** |" in text
     assert "- dask-anyio-trio, map throughput (1000): RuntimeError: boom" in text
     assert "Left out: trio-asyncio (trio_asyncio is not installed)" in text
+    assert "| map throughput (1000) | 2222 | 2469 | 2222 |" in text  # µs per task
 
 
 def test_percentile_interpolates() -> None:
@@ -96,11 +97,12 @@ def test_problems_are_our_failures_not_the_other_contenders() -> None:
 
 
 def test_the_largest_size_runs_in_the_first_repetition_only() -> None:
-    plan = runner.Plan(sizes=(10, 100))
-    first, later = plan.workloads(0), plan.workloads(1)
+    plan = runner.Plan(sizes=(10, 100), largest_for=("raw-asyncio",))
+    first, later = plan.workloads(0, "raw-asyncio"), plan.workloads(1, "raw-asyncio")
     assert ("map", 100) in first
     assert ("submit", 100) in first
     assert ("map", 100) not in later
     assert ("map", 10) in later
+    assert ("map", 100) not in plan.workloads(0, "sync-to-thread")
     assert ("memory_per_pending", plan.pending) in first
     assert ("memory_per_pending", plan.pending) not in later

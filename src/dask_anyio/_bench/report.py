@@ -140,7 +140,7 @@ def markdown(data: dict[str, Any]) -> str:
                 for c in contenders
             ]
             lines.append(f"| {name} | {row['unit']} | " + " | ".join(cells) + " |")
-        lines += ["", *_targets(table)]
+        lines += ["", *_targets(table), "", *_scaling(table, contenders)]
         errors = sorted(
             {
                 f"{c}, {name}: {e}"
@@ -171,6 +171,20 @@ def _targets(table: dict[str, Any]) -> list[str]:
                 met = cell["p95"] <= CANCEL_P95_TARGET_MS
                 goal_ms = f"<= {CANCEL_P95_TARGET_MS:.0f} ms (p95)"
                 lines.append(_row(name, contender, goal_ms, f"{cell['p95']:.1f} ms", _met(met)))
+    return lines
+
+
+def _scaling(table: dict[str, Any], contenders: list[str]) -> list[str]:
+    """Time per task (µs, median) of each throughput workload at each size: flat is good."""
+    lines = [_row("time per task (µs)", *contenders), _row(*["---"] * (len(contenders) + 1))]
+    for name, row in table.items():
+        if row["unit"] != "tasks/s":
+            continue
+        cells = []
+        for contender in contenders:
+            median = row["contenders"].get(contender, {}).get("median")
+            cells.append(f"{1e6 / median:.0f}" if median else "")
+        lines.append(_row(name, *cells))
     return lines
 
 

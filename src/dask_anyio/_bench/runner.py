@@ -38,8 +38,10 @@ class Plan:
     contenders: tuple[str, ...] = tuple(CONTENDERS)
     saturations: tuple[str, ...] = ("1.1", "inf")
     repetitions: int = 3
-    #: Task counts of the throughput workloads; the largest runs in the first repetition only.
+    #: Task counts of the throughput workloads. The largest runs in the first repetition
+    #: only, and only for the contenders in ``largest_for`` (it is the slowest part).
     sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
+    largest_for: tuple[str, ...] = ("raw-asyncio", "dask-anyio-asyncio", "dask-anyio-trio")
     round_trips: int = 500
     chain: int = 100
     fan_in: int = 1_000
@@ -52,8 +54,9 @@ class Plan:
     #: Seconds one contender's process may take for one repetition.
     process_timeout: float = 3600
 
-    def workloads(self, repetition: int) -> list[tuple[str, int]]:
-        sizes = self.sizes if repetition == 0 else self.sizes[:-1] or self.sizes
+    def workloads(self, repetition: int, contender: str) -> list[tuple[str, int]]:
+        largest = repetition == 0 and contender in self.largest_for
+        sizes = self.sizes if largest else self.sizes[:-1] or self.sizes
         work: list[tuple[str, int]] = []
         for n in sizes:
             work += [("map", n), ("submit", n)]
@@ -240,7 +243,7 @@ def run(plan: Plan, output: Path, say: Callable[[str], object] = print) -> dict[
                 shift = repetition % len(contenders)
                 for contender in contenders[shift:] + contenders[:shift]:
                     say(f"  repetition {repetition + 1}/{plan.repetitions}: {contender}")
-                    workloads = plan.workloads(repetition)
+                    workloads = plan.workloads(repetition, contender)
                     result = run_contender(
                         contender, cluster.address, workloads, log, plan.process_timeout
                     )
