@@ -197,20 +197,20 @@ def _met(met: bool) -> str:
 
 
 def chart(data: dict[str, Any], path: Path) -> Path | None:
-    """Ratios to the baseline, one panel per worker-saturation setting (needs matplotlib)."""
+    """Speed relative to the baseline (higher is better; times and memory inverted), one
+    panel per worker-saturation setting, bars drawn from 1. Needs matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
     except ImportError:
         return None
     summary = data["summary"]
-    figure, axes = plt.subplots(len(summary), 1, figsize=(11, 4.2 * len(summary)), squeeze=False)
+    figure, axes = plt.subplots(len(summary), 1, figsize=(12, 4.6 * len(summary)), squeeze=False)
     for ax, (saturation, table) in zip(axes[:, 0], summary.items(), strict=True):
-        names = [
-            n for n, row in table.items() if any("ratio" in c for c in row["contenders"].values())
-        ]
+        names = [n for n, r in table.items() if any("ratio" in c for c in r["contenders"].values())]
         contenders = [
             c
             for c in CONTENDERS
@@ -218,16 +218,20 @@ def chart(data: dict[str, Any], path: Path) -> Path | None:
         ]
         width = 0.8 / max(len(contenders), 1)
         for i, contender in enumerate(contenders):
-            ratios = [
-                table[n]["contenders"].get(contender, {}).get("ratio", math.nan) for n in names
-            ]
+            speeds = []
+            for name in names:
+                ratio = table[name]["contenders"].get(contender, {}).get("ratio", math.nan)
+                speeds.append(ratio if table[name]["higher_is_better"] else 1 / ratio)
             xs = [x + i * width for x in range(len(names))]
-            ax.bar(xs, ratios, width, label=contender)
+            ax.bar(xs, [v - 1 for v in speeds], width, bottom=1, label=contender)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))])
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("ratio to raw-asyncio (log)")
+        ax.set_ylabel("speed relative to raw-asyncio\n(higher is better, log scale)")
         ax.set_title(f"worker-saturation = {saturation}")
         ax.legend(fontsize=8)
     figure.tight_layout()
