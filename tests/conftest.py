@@ -124,7 +124,10 @@ def start_external_cluster(
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     scheduler_file = tmp / "scheduler.json"
     scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    scheduler += ["--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file"]
+    # --no-dashboard still starts the HTTP server (health, metrics): on port 8787 of every
+    # interface unless told otherwise.
+    scheduler += ["--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+    scheduler += ["--dashboard-address", "127.0.0.1:0", "--scheduler-file"]
     scheduler += [str(scheduler_file), *(scheduler_args or [])]
     procs: list[subprocess.Popen[bytes]] = []
     with (tmp / "cluster.log").open("ab") as log:  # the children keep their own copies
@@ -141,6 +144,8 @@ def start_external_cluster(
                     "--nworkers",
                     "1",
                     "--no-dashboard",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
                     "--resources",
                     "SLOT=1",
                 ]

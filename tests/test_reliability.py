@@ -242,6 +242,26 @@ async def test_embedded_cluster_listens_on_loopback_only() -> None:
     assert expected <= listening, (sorted(expected), sorted(listening))
 
 
+def test_test_cluster_listens_on_loopback_ports_of_the_os(
+    external_cluster: ExternalCluster,
+) -> None:
+    """The suite's own cluster binds 127.0.0.1 only, on ports the OS chose: never Dask's
+    fixed default 8787 (other programs on the machine may run Dask too)."""
+    processes = []
+    for proc in external_cluster.processes:
+        parent = psutil.Process(proc.pid)
+        processes += [parent, *parent.children(recursive=True)]
+    listening = {
+        (conn.laddr.ip, conn.laddr.port)
+        for process in processes
+        for conn in process.net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    }
+    assert len(listening) >= 1 + 2 * len(external_cluster.workers)  # comm and HTTP each
+    assert {ip for ip, _ in listening} <= LOOPBACK, sorted(listening)
+    assert 8787 not in {port for _, port in listening}
+
+
 def _ip_port(address: str) -> tuple[str, int]:
     """``("127.0.0.1", 1234)`` for ``"tcp://127.0.0.1:1234"``."""
     host, _, port = address.removeprefix("tcp://").rpartition(":")
