@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import distributed
+
+from .tasks import trip
 
 #: Contender name -> the backend its process runs on.
 CONTENDERS = {
@@ -39,6 +42,8 @@ class Session:
 
     #: Whether cancelling the caller of ``cancellable_run`` cancels the remote task.
     cancels_remote_work = True
+    #: How many calls can be in flight at once.
+    max_in_flight: float = math.inf
 
     def unit(self) -> contextlib.AbstractAsyncContextManager[Session]:
         return _nothing(self)
@@ -133,6 +138,8 @@ class ExecutorSession(Session):
         from dask_anyio import DaskExecutor
 
         async with DaskExecutor(self.address) as ex:
+            # A new executor has a new client: its first call opens connections (untimed).
+            await ex.run(trip, -1)
             yield ExecutorSession(self.address, ex)
 
     def unit(self) -> contextlib.AbstractAsyncContextManager[Session]:
@@ -235,6 +242,10 @@ class ThreadSession(Session):
 
     cancels_remote_work = False
 
+    @property
+    def max_in_flight(self) -> float:  # type: ignore[override]
+        return float(anyio.to_thread.current_default_thread_limiter().total_tokens)
+
     def __init__(self, client: distributed.Client) -> None:
         self.client = client
         self.own_limiter = anyio.CapacityLimiter(1)
@@ -256,7 +267,8 @@ class ThreadSession(Session):
         return values
 
     async def wait(self, future: Any) -> None:
-        await anyio.to_thread.run_sync(future.result)
+        # (exception() waits without fetching the value, as distributed.wait does)
+        await anyio.to_thread.run_sync(future.exception)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await anyio.to_thread.run_sync(

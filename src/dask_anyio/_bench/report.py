@@ -49,48 +49,47 @@ TARGETS = {
 CANCEL_P95_TARGET_MS = 50.0
 
 
-def _samples(reps: list[dict[str, Any]], workload: str, field: str) -> list[float]:
-    found: list[float] = []
-    for rep in reps:
-        value = rep.get(workload, {}).get(field)
-        if isinstance(value, list):
-            found += [float(v) for v in value]
-        elif isinstance(value, int | float):
-            found.append(float(value))
-    return found
+def _samples(rep: dict[str, Any], workload: str, field: str, unit: str) -> list[float]:
+    value = rep.get(workload, {}).get(field)
+    if isinstance(value, list):
+        found = [float(v) for v in value]
+    elif isinstance(value, int | float):
+        found = [float(value)]
+    else:
+        found = []
+    return [v * 1000 for v in found] if unit == "ms" else found
+
+
+def _size(workload: str) -> tuple[str, int]:
+    prefix, _, size = workload.partition(":")
+    return prefix, int(size)
 
 
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
-    """saturation -> metric (with its size) -> contender -> {median, p95, n, ratio}."""
+    """saturation -> metric (with its size) -> contender -> statistics.
+
+    ``median`` pools every sample of every repetition; ``p95`` is the slow tail (the 95th
+    percentile of times, the 5th of throughputs). ``ratio`` is paired: each repetition's
+    median against the baseline's median in the same repetition, then the median of those
+    (``ratio_low``/``ratio_high`` their range)."""
     summary: dict[str, Any] = {}
     for saturation, per_contender in data["runs"].items():
-        workloads = sorted({w for reps in per_contender.values() for rep in reps for w in rep})
+        workloads = {w for reps in per_contender.values() for rep in reps for w in rep if ":" in w}
         table: dict[str, Any] = {}
         for metric, (prefix, field, unit, higher_better) in METRICS.items():
-            for workload in [w for w in workloads if w.split(":")[0] == prefix]:
-                size = workload.split(":")[1]
-                row: dict[str, Any] = {}
-                for contender, reps in per_contender.items():
-                    samples = _samples(reps, workload, field)
-                    if unit == "ms":
-                        samples = [s * 1000 for s in samples]
-                    errors = [
-                        rep[workload]["error"] for rep in reps if "error" in rep.get(workload, {})
-                    ]
-                    failed = [
-                        rep[workload] for rep in reps if rep.get(workload, {}).get("ok") is False
-                    ]
-                    row[contender] = {
-                        "median": statistics.median(samples) if samples else None,
-                        "p95": percentile(samples, 0.95) if samples else None,
-                        "n": len(samples),
-                        "errors": errors + [f.get("error", "wrong result") for f in failed],
-                    }
-                base = row.get(BASELINE, {}).get("median")
-                for cell in row.values():
-                    if cell["median"] is not None and base:
-                        cell["ratio"] = cell["median"] / base
-                table[f"{metric} ({size})"] = {
+            for workload in sorted((w for w in workloads if w.startswith(prefix + ":")), key=_size):
+                per_rep = {
+                    contender: [_samples(rep, workload, field, unit) for rep in reps]
+                    for contender, reps in per_contender.items()
+                }
+                base = per_rep.get(BASELINE, [])
+                row = {
+                    contender: _statistics(
+                        per_contender[contender], workload, samples, base, higher_better
+                    )
+                    for contender, samples in per_rep.items()
+                }
+                table[f"{metric} ({workload.split(':')[1]})"] = {
                     "unit": unit,
                     "higher_is_better": higher_better,
                     "metric": metric,
@@ -100,7 +99,38 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _statistics(
+    reps: list[dict[str, Any]],
+    workload: str,
+    per_rep: list[list[float]],
+    base: list[list[float]],
+    higher_better: bool,
+) -> dict[str, Any]:
+    outcomes = [rep.get(workload, {}) for rep in reps]
+    errors = [o["error"] for o in outcomes if "error" in o]
+    errors += ["wrong result" for o in outcomes if o.get("ok") is False and "error" not in o]
+    pooled = [v for samples in per_rep for v in samples]
+    cell: dict[str, Any] = {
+        "median": statistics.median(pooled) if pooled else None,
+        "p95": percentile(pooled, 0.05 if higher_better else 0.95) if pooled else None,
+        "n": len(pooled),
+        "errors": errors,
+        "abandons": any(o.get("abandons") for o in outcomes),
+    }
+    pairs = [
+        statistics.median(mine) / statistics.median(theirs)
+        for mine, theirs in zip(per_rep, base, strict=False)
+        if mine and theirs and statistics.median(theirs)
+    ]
+    if pairs and not cell["abandons"]:
+        cell["ratio"] = statistics.median(pairs)
+        cell["ratio_low"], cell["ratio_high"] = min(pairs), max(pairs)
+    return cell
+
+
 def _cell(cell: dict[str, Any], unit: str) -> str:
+    if cell["abandons"]:
+        return "abandons (no remote cancel)"
     if cell["median"] is None:
         return "fails" if cell["errors"] else "n/a"
     digits = 0 if unit in ("tasks/s", "bytes") or cell["median"] >= 100 else 1
@@ -159,18 +189,25 @@ def _targets(table: dict[str, Any]) -> list[str]:
     for name, row in table.items():
         for contender, cell in row["contenders"].items():
             goal = TARGETS.get((row["metric"], contender))
+            sign = ">=" if row["higher_is_better"] else "<="
             if goal is not None and "ratio" in cell:
                 ratio = cell["ratio"]
                 met = ratio >= goal if row["higher_is_better"] else ratio <= goal
-                sign = ">=" if row["higher_is_better"] else "<="
                 lines.append(
                     _row(name, contender, f"{sign} {goal:.2f}x", f"{ratio:.2f}x", _met(met))
                 )
+            elif goal is not None:  # no figure: the target is not met
+                missing = "fails" if cell["errors"] else "n/a"
+                lines.append(_row(name, contender, f"{sign} {goal:.2f}x", missing, _met(False)))
             cancel = row["metric"] == "cancel to forgotten" and contender.startswith("dask-anyio")
-            if cancel and cell["p95"] is not None:
-                met = cell["p95"] <= CANCEL_P95_TARGET_MS
+            if cancel:
                 goal_ms = f"<= {CANCEL_P95_TARGET_MS:.0f} ms (p95)"
-                lines.append(_row(name, contender, goal_ms, f"{cell['p95']:.1f} ms", _met(met)))
+                if cell["p95"] is None:
+                    lines.append(_row(name, contender, goal_ms, "fails", _met(False)))
+                else:
+                    met = cell["p95"] <= CANCEL_P95_TARGET_MS
+                    measured = f"{cell['p95']:.1f} ms"
+                    lines.append(_row(name, contender, goal_ms, measured, _met(met)))
     return lines
 
 
@@ -210,7 +247,7 @@ def chart(data: dict[str, Any], path: Path) -> Path | None:
     summary = data["summary"]
     figure, axes = plt.subplots(len(summary), 1, figsize=(12, 4.6 * len(summary)), squeeze=False)
     for ax, (saturation, table) in zip(axes[:, 0], summary.items(), strict=True):
-        names = [n for n, r in table.items() if any("ratio" in c for c in r["contenders"].values())]
+        names = list(table)
         contenders = [
             c
             for c in CONTENDERS
@@ -224,6 +261,11 @@ def chart(data: dict[str, Any], path: Path) -> Path | None:
                 speeds.append(ratio if table[name]["higher_is_better"] else 1 / ratio)
             xs = [x + i * width for x in range(len(names))]
             ax.bar(xs, [v - 1 for v in speeds], width, bottom=1, label=contender)
+            for x, name, speed in zip(xs, names, speeds, strict=True):
+                if math.isnan(speed):  # say why there is no bar
+                    cell = table[name]["contenders"].get(contender)
+                    why = "n/a" if cell is None else "abandons" if cell["abandons"] else "fails"
+                    ax.text(x, 1.0, why, rotation=90, ha="center", va="bottom", fontsize=7)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -231,7 +273,9 @@ def chart(data: dict[str, Any], path: Path) -> Path | None:
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))])
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("speed relative to raw-asyncio\n(higher is better, log scale)")
+        ax.set_ylabel(
+            "relative to raw-asyncio, log scale\n(higher is better: times and memory inverted)"
+        )
         ax.set_title(f"worker-saturation = {saturation}")
         ax.legend(fontsize=8)
     figure.tight_layout()

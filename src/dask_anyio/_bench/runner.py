@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .contenders import CONTENDERS
+from .contenders import BASELINE, CONTENDERS
 
 MIB = 2**20
 
@@ -107,14 +107,17 @@ def start_cluster(saturation: str, plan: Plan, log: Path) -> Iterator[Cluster]:
         scheduler_file = Path(tmp) / "scheduler.json"
         spawn = _spawner(env, out)
         cluster = Cluster("")
-        scheduler = ["--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+        # --no-dashboard still starts the HTTP server: port 8787 on every interface unless
+        # told otherwise.
+        http = ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
+        scheduler = ["--host", "127.0.0.1", "--port", "0", *http]
         scheduler += ["--scheduler-file", str(scheduler_file)]
         scheduler += ["--preload", "dask_anyio._bench.tasks"]
         try:
             cluster.processes.append(spawn("distributed.cli.dask_scheduler", *scheduler))
             cluster.address = _wait_for_address(scheduler_file, cluster.processes[0])
             for i in range(plan.workers):
-                worker = [cluster.address, "--host", "127.0.0.1", "--no-dashboard"]
+                worker = [cluster.address, "--host", "127.0.0.1", *http, "--death-timeout", "30"]
                 worker += ["--nworkers", "1", "--nthreads", str(plan.threads)]
                 worker += ["--name", f"bench-{i}"]
                 worker += ["--local-directory", str(Path(tmp) / f"worker-{i}")]
@@ -153,15 +156,16 @@ def _wait_for_workers(address: str, n: int) -> None:
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Stop each process's whole group (a nanny's worker may outlive the nanny)."""
     for process in reversed(processes):
-        if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
     for process in processes:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.wait()
 
 
 def run_contender(
@@ -180,7 +184,10 @@ def run_contender(
     lines = done.stdout.decode().strip().splitlines()
     if done.returncode != 0 or not lines:
         return {"process_error": f"exit status {done.returncode}; see {log}"}
-    results: dict[str, Any] = json.loads(lines[-1])
+    try:
+        results: dict[str, Any] = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return {"process_error": f"no results on its last line of output; see {log}"}
     return results
 
 
@@ -196,6 +203,9 @@ def machine() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return {
+        "commit": _commit(),
+        "cpu": _cpu_model(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": platform.python_version(),
@@ -203,6 +213,29 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "versions": versions,
     }
+
+
+def _commit() -> str | None:
+    """The checkout's commit, ``-dirty`` if it has changes (None outside a checkout)."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or None
 
 
 def available(contenders: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
@@ -230,7 +263,8 @@ def run(plan: Plan, output: Path, say: Callable[[str], object] = print) -> dict[
     output.mkdir(parents=True, exist_ok=True)
     log = output / "bench.log"
     log.write_bytes(b"")
-    contenders, skipped = available(plan.contenders)
+    # The baseline always runs: every figure is a ratio to it.
+    contenders, skipped = available((BASELINE, *(c for c in plan.contenders if c != BASELINE)))
     started = time.monotonic()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for saturation in plan.saturations:
@@ -249,6 +283,20 @@ def run(plan: Plan, output: Path, say: Callable[[str], object] = print) -> dict[
                     )
                     per_contender[contender].append(result)
             runs[saturation] = per_contender
+        _write(output, _collect(plan, skipped, started, runs))  # (kept if a later one fails)
+    data = _collect(plan, skipped, started, runs)
+    _write(output, data)
+    say(report.markdown(data))
+    if report.chart(data, output / "results.png") is None:
+        say("(no chart: matplotlib is not installed)")
+    return data
+
+
+def _collect(
+    plan: Plan, skipped: dict[str, str], started: float, runs: dict[str, Any]
+) -> dict[str, Any]:
+    from . import report
+
     data = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -258,13 +306,14 @@ def run(plan: Plan, output: Path, say: Callable[[str], object] = print) -> dict[
         "runs": runs,
     }
     data["summary"] = report.summarize(data)
+    return data
+
+
+def _write(output: Path, data: dict[str, Any]) -> None:
+    from . import report
+
     (output / "results.json").write_text(json.dumps(data, indent=1))
     (output / "results.md").write_text(report.markdown(data))
-    chart = report.chart(data, output / "results.png")
-    say(report.markdown(data))
-    if chart is None:
-        say("(no chart: matplotlib is not installed)")
-    return data
 
 
 def problems(data: dict[str, Any]) -> list[str]:
@@ -282,8 +331,11 @@ def problems(data: dict[str, Any]) -> list[str]:
                 if not contender.startswith("dask-anyio"):
                     continue
                 for workload, value in rep.items():
-                    if isinstance(value, dict) and ("error" in value or value.get("ok") is False):
+                    if not isinstance(value, dict):
+                        continue
+                    if "error" in value or value.get("ok") is False:
                         found.append(f"{where}, {workload}: {value.get('error', 'wrong result')}")
-                if rep.get("leftover_tasks"):
-                    found.append(f"{where}: the scheduler still held {rep['leftover_tasks']} keys")
+                    if value.get("left_on_scheduler"):
+                        left = value["left_on_scheduler"]
+                        found.append(f"{where}, {workload}: the scheduler still held {left} keys")
     return found

@@ -2,10 +2,15 @@
 
 Workers import this module by name (it ships with dask-anyio); the scheduler loads it with
 ``--preload``, which calls :func:`dask_setup` and installs :class:`ForgetClock`.
+
+Each workload has task functions of its own: the scheduler groups tasks by function name
+(task groups), and groups shared between workloads would change how it queues them (a chain
+makes its group depend on itself, and a group with dependencies is not queued as root-ish).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -16,10 +21,27 @@ CANCEL_TARGET = "bench_cancel_target"
 
 
 def noop(x: int) -> int:
+    """Throughput workloads."""
+    return x
+
+
+def trip(x: int) -> int:
+    """Sequential round trips."""
+    return x
+
+
+def link(x: int) -> int:
+    """Chains."""
+    return x
+
+
+def leaf(x: int) -> int:
+    """Fan-in: the many."""
     return x
 
 
 def total(*parts: int) -> int:
+    """Fan-in: the one."""
     return sum(parts)
 
 
@@ -27,12 +49,16 @@ def bench_cancel_target(_blocker: Any) -> None:
     """Queued behind a task that never runs: it waits on the scheduler until cancelled."""
 
 
+def pending(_blocker: Any) -> None:
+    """Memory per pending task: queued behind a task that never runs."""
+
+
 def payload(nbytes: int) -> bytes:
     return bytes(nbytes)
 
 
 class ForgetClock(SchedulerPlugin):
-    """Records, at the scheduler's transition hook, when each key was forgotten."""
+    """Records, at the scheduler's transition hook, when each cancel target was forgotten."""
 
     name = "dask-anyio-bench-forget-clock"
 
@@ -40,23 +66,38 @@ class ForgetClock(SchedulerPlugin):
         self.forgotten: dict[str, float] = {}
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if not isinstance(key, str) or not key.startswith(CANCEL_TARGET):
-            return
-        if finish == "forgotten":
+        if finish == "forgotten" and isinstance(key, str) and key.startswith(CANCEL_TARGET):
             self.forgotten[key] = time.time()
 
 
 def dask_setup(scheduler: Any) -> None:
-    """``dask scheduler --preload dask_anyio._bench.tasks``."""
+    """``dask scheduler --preload dask_anyio._bench.tasks``: install the plugin, and close
+    the scheduler if the runner that started it dies (it runs in a session of its own)."""
+    from tornado.ioloop import PeriodicCallback
+
     scheduler.add_plugin(ForgetClock())
+    parent = os.getppid()
+
+    def orphaned() -> None:
+        if os.getppid() != parent:
+            scheduler.loop.add_callback(scheduler.close)
+
+    scheduler.periodic_callbacks["dask-anyio-bench-parent"] = PeriodicCallback(orphaned, 1000)
 
 
-def forgotten_since(since: float, dask_scheduler: Any) -> dict[str, float]:
-    """Keys of cancel targets forgotten after ``since`` (wall clock), with when. Older
-    entries are dropped: a caller asks only about what happened since it last asked."""
+def forgotten_since(since: float, dask_scheduler: Any) -> dict[str, Any]:
+    """How many cancel targets were forgotten after ``since`` (wall clock, same machine),
+    and when: the first, the last, and all of them when there are few. Older entries are
+    dropped: a caller asks only about what happened since it last asked."""
     clock: ForgetClock = dask_scheduler.plugins[ForgetClock.name]
     clock.forgotten = {k: t for k, t in clock.forgotten.items() if t >= since}
-    return clock.forgotten
+    times = sorted(clock.forgotten.values())
+    return {
+        "count": len(times),
+        "first": times[0] if times else None,
+        "last": times[-1] if times else None,
+        "times": times if len(times) <= 100 else None,
+    }
 
 
 def held_count(dask_scheduler: Any) -> int:
@@ -66,3 +107,8 @@ def held_count(dask_scheduler: Any) -> int:
 
 def task_count(dask_scheduler: Any) -> int:
     return len(dask_scheduler.tasks)
+
+
+def worker_saturation(dask_scheduler: Any) -> float:
+    """The setting in effect on the scheduler."""
+    return float(dask_scheduler.WORKER_SATURATION)

@@ -7,8 +7,11 @@ one such process per contender and repetition, interleaved, so that contenders s
 client, event loop or heap.
 
 A synchronous ``distributed.Client`` of this process, the *observer*, polls the scheduler
-(outside every timed section) and reads the times at which the scheduler plugin of
-:mod:`dask_anyio._bench.tasks` saw keys forgotten.
+(never inside a timed section) and reads the times at which the scheduler plugin of
+:mod:`dask_anyio._bench.tasks` saw keys forgotten. After every workload, untimed, the
+observer waits until the scheduler holds no task at all: whatever a contender leaves to do
+after its timed section (the raw client releases dropped futures in the background; a
+dask-anyio executor confirms at its exit) is done before the next one starts.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import distributed
 
 from . import tasks
 from .contenders import CONTENDERS, OPEN, Session
-from .tasks import bench_cancel_target, noop, payload, total
+from .tasks import bench_cancel_target, leaf, link, noop, payload, pending, total, trip
 
 #: Resources no worker has: a task that needs them stays on the scheduler.
 NEVER = {"dask-anyio-bench-never": 1}
@@ -45,35 +48,42 @@ class Observer:
     def close(self) -> None:
         self.client.close()
 
-    async def _on_scheduler(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def on_scheduler(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await anyio.to_thread.run_sync(
             lambda: self.client.run_on_scheduler(fn, *args), limiter=self.limiter
         )
 
-    async def wait_held(self, n: int) -> None:
-        """Until the scheduler holds at least ``n`` cancel targets. (Polling: the scheduler
-        is another process, and this is never timed.)"""
+    async def wait_held(self, n: int) -> int:
+        """Until the scheduler holds ``n`` cancel targets; return how many it holds (fewer
+        only if they did not all arrive within a time that grows with ``n``)."""
         held = 0
         with anyio.move_on_after(10 + n / 200):
-            while (held := await self._on_scheduler(tasks.held_count)) < n:  # noqa: ASYNC110
+            while (held := await self.on_scheduler(tasks.held_count)) < n:  # noqa: ASYNC110
                 await anyio.sleep(0.02)
-            return
-        raise RuntimeError(f"only {held} of {n} tasks reached the scheduler")
+        return held
 
-    async def wait_forgotten(self, since: float, n: int) -> list[float] | None:
-        """When the scheduler forgot the ``n`` cancel targets forgotten after ``since``
-        (``None`` if it did not within the give-up time)."""
+    async def wait_forgotten(self, since: float, n: int) -> dict[str, Any] | None:
+        """Once the scheduler forgot ``n`` cancel targets since ``since``: its summary
+        (see :func:`~dask_anyio._bench.tasks.forgotten_since`); ``None`` after the give-up
+        time."""
         with anyio.move_on_after(FORGET_GIVE_UP):
             while True:
-                times: dict[str, float] = await self._on_scheduler(tasks.forgotten_since, since)
-                if len(times) >= n:
-                    return sorted(times.values())
+                seen: dict[str, Any] = await self.on_scheduler(tasks.forgotten_since, since)
+                if seen["count"] >= n:
+                    return seen
                 await anyio.sleep(0.02)
         return None
 
-    async def scheduler_tasks(self) -> int:
-        count: int = await self._on_scheduler(tasks.task_count)
-        return count
+    async def settle(self) -> int:
+        """Collect garbage (dropped futures release their keys), then wait until the
+        scheduler holds no task; return how many it still held after 10 s (a contender
+        that failed may have left some for good)."""
+        gc.collect()
+        held = 0
+        with anyio.move_on_after(10):
+            while (held := await self.on_scheduler(tasks.task_count)) > 0:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        return held
 
 
 async def _timed(unit: Callable[[], Awaitable[object]]) -> float:
@@ -105,9 +115,10 @@ async def throughput_submit(session: Session, n: int) -> dict[str, Any]:
 async def round_trip(session: Session, n: int) -> dict[str, Any]:
     samples = []
     async with session.unit() as s:
+        await s.run(trip, -1)  # the first call of a unit opens connections: not counted
         for i in range(n):
             start = time.perf_counter()
-            await s.run(noop, i)
+            await s.run(trip, i)
             samples.append(time.perf_counter() - start)
     return {"samples": samples}
 
@@ -116,9 +127,9 @@ async def chain(session: Session, n: int) -> dict[str, Any]:
     async with session.unit() as s:
 
         async def work() -> None:
-            future = await s.submit(noop, 0)
+            future = await s.submit(link, 0)
             for _ in range(n - 1):
-                future = await s.submit(noop, future)
+                future = await s.submit(link, future)
             await s.wait(future)
 
         seconds = await _timed(work)
@@ -129,7 +140,7 @@ async def fan_in(session: Session, n: int) -> dict[str, Any]:
     async with session.unit() as s:
 
         async def work() -> None:
-            parts = await s.map(noop, range(n))
+            parts = await s.map(leaf, range(n))
             await s.wait(await s.submit(total, *parts))
 
         seconds = await _timed(work)
@@ -138,18 +149,22 @@ async def fan_in(session: Session, n: int) -> dict[str, Any]:
 
 async def _cancel_scope_of(
     session: Session, observer: Observer, n: int
-) -> tuple[float, float, list[float] | None]:
+) -> tuple[float, float, dict[str, Any] | None]:
     """``n`` cancellable runs of tasks that wait on the scheduler, in a task group whose
     scope is cancelled once the scheduler holds them all. Return when the cancellation was
-    asked for, when the scope was left, and when the scheduler forgot each task."""
+    asked for, when the scope was left, and the scheduler's summary of when it forgot them
+    (``None`` if it did not within the give-up time)."""
     async with session.unit() as s:
         blocker = await s.submit(int, resources=NEVER)
         since = time.time()
+        held = 0
         try:
             async with anyio.create_task_group() as tg:
                 for _ in range(n):
                     tg.start_soon(s.cancellable_run, bench_cancel_target, blocker)
-                await observer.wait_held(n)
+                held = await observer.wait_held(n)
+                if held < n:
+                    raise RuntimeError(f"only {held} of {n} calls reached the scheduler")
                 asked = time.time()
                 tg.cancel_scope.cancel()
             left = time.time()
@@ -157,33 +172,53 @@ async def _cancel_scope_of(
                 return asked, left, None
             return asked, left, await observer.wait_forgotten(since, n)
         finally:
-            # Also ends the targets that a naive way left running (Dask's cancel cascades),
-            # before the next measurement starts.
+            # Also ends the targets that a naive way left running (Dask's cancel cascades).
             with anyio.CancelScope(shield=True):
                 await s.cancel(blocker)
-                await observer.wait_forgotten(since, n)
+                await observer.wait_forgotten(since, held)
 
 
 async def cancel_latency(session: Session, observer: Observer, n: int) -> dict[str, Any]:
     """Cancel one run at a time: from the scope's cancel() to the scheduler's forgetting it
     (its transition hook), and to leaving the scope."""
-    forgotten, left = [], []
+    forgotten: list[float] = []
+    left: list[float] = []
+    gave_up = 0
     for _ in range(n):
-        asked, exited, times = await _cancel_scope_of(session, observer, 1)
+        asked, exited, seen = await _cancel_scope_of(session, observer, 1)
         left.append(exited - asked)
-        if times is not None:
-            forgotten.append(times[0] - asked)
-    return {"forgotten": forgotten or None, "scope_exit": left}
+        if seen is not None:
+            forgotten.append(seen["first"] - asked)
+        elif session.cancels_remote_work:
+            gave_up += 1
+        await observer.settle()
+    result: dict[str, Any] = {"scope_exit": left, "gave_up": gave_up}
+    if session.cancels_remote_work:
+        result["forgotten"] = forgotten
+        if gave_up:
+            result["error"] = f"{gave_up} of {n} keys not forgotten within {FORGET_GIVE_UP:g} s"
+    else:
+        result["abandons"] = True  # leaves the scope at once; the remote task runs on
+    return result
 
 
 async def cancel_storm(session: Session, observer: Observer, n: int) -> dict[str, Any]:
     """Cancel ``n`` runs in one scope: until the scheduler forgot the last, and until the
     scope was left."""
-    asked, exited, times = await _cancel_scope_of(session, observer, n)
-    return {
-        "all_forgotten": None if times is None else times[-1] - asked,
-        "scope_exit": exited - asked,
-    }
+    if n > session.max_in_flight:
+        return {
+            "error": f"cannot have {n} calls in flight: at most {session.max_in_flight} "
+            "(anyio's default thread limiter)"
+        }
+    asked, exited, seen = await _cancel_scope_of(session, observer, n)
+    result: dict[str, Any] = {"scope_exit": exited - asked}
+    if not session.cancels_remote_work:
+        result["abandons"] = True
+    elif seen is None:
+        result["error"] = f"the keys were not forgotten within {FORGET_GIVE_UP:g} s"
+    else:
+        result["all_forgotten"] = seen["last"] - asked
+    return result
 
 
 async def memory_per_pending(session: Session, observer: Observer, n: int) -> dict[str, Any]:
@@ -194,8 +229,10 @@ async def memory_per_pending(session: Session, observer: Observer, n: int) -> di
         tracemalloc.start()
         try:
             start = tracemalloc.get_traced_memory()[0]
-            held = await s.map(bench_cancel_target, [blocker] * n)
-            await observer.wait_held(n)
+            held = await s.map(pending, [blocker] * n)
+            with anyio.fail_after(60 + n / 200):
+                while await observer.on_scheduler(tasks.task_count) < n + 1:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
             gc.collect()
             used = tracemalloc.get_traced_memory()[0] - start
         finally:
@@ -216,16 +253,26 @@ async def large_result(session: Session, nbytes: int) -> dict[str, Any]:
         return {"ok": len(value) == nbytes, "seconds": seconds}
 
 
+async def warm_up(session: Session) -> None:
+    """Untimed: every kind of call once, and a large transfer."""
+    await throughput_map(session, 200)
+    await throughput_submit(session, 50)
+    await round_trip(session, 10)
+    await large_result(session, 2**20)  # (larger ones break trio-asyncio: measured, below)
+
+
 async def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     address = spec["address"]
     observer = await anyio.to_thread.run_sync(Observer, address)
     results: dict[str, Any] = {}
     try:
+        results["worker_saturation"] = await observer.on_scheduler(tasks.worker_saturation)
         async with OPEN[spec["contender"]](address) as session:
-            await throughput_map(session, 200)  # warm-up, discarded
+            await warm_up(session)
+            await observer.settle()
             for name, arg in spec["workloads"]:
                 try:
-                    if name in ("cancel_latency", "cancel_storm", "memory_per_pending"):
+                    if name in WITH_OBSERVER:
                         value = await WITH_OBSERVER[name](session, observer, arg)
                     else:
                         value = await PLAIN[name](session, arg)
@@ -233,7 +280,9 @@ async def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
                     value = {"error": _describe(error)}
                     traceback.print_exc()
                 results[f"{name}:{arg}"] = value
-            results["leftover_tasks"] = await observer.scheduler_tasks()
+                left = await observer.settle()
+                if left:
+                    value["left_on_scheduler"] = left
     finally:
         await anyio.to_thread.run_sync(observer.close)
     return results
