@@ -112,3 +112,23 @@ def test_the_largest_size_runs_in_the_first_repetition_only() -> None:
     assert ("map", 100) not in plan.workloads(0, "sync-to-thread")
     assert ("memory_per_pending", plan.pending) in first
     assert ("memory_per_pending", plan.pending) not in later
+
+
+def test_a_way_that_cannot_cancel_shows_as_abandoning_not_as_fast() -> None:
+    runs: dict[str, Any] = {
+        "raw-asyncio": [{"cancel_latency:2": {"forgotten": [0.001], "scope_exit": [0.0003]}}],
+        "sync-to-thread": [{"cancel_latency:2": {"scope_exit": [0.0001], "abandons": True}}],
+    }
+    data = _data(runs)
+    cell = data["summary"]["1.1"]["cancel: scope exit (2)"]["contenders"]["sync-to-thread"]
+    assert "ratio" not in cell
+    assert "abandons (no remote cancel)" in report.markdown(data)
+
+
+def test_a_target_without_a_figure_is_reported_as_missed() -> None:
+    runs: dict[str, Any] = {
+        "raw-asyncio": [{"map:10": {"tasks_per_s": 100.0}}],
+        "dask-anyio-asyncio": [{"map:10": {"error": "RuntimeError: boom"}}],
+    }
+    text = report.markdown(_data(runs))
+    assert "| map throughput (10) | dask-anyio-asyncio | >= 0.95x | fails | **no** |" in text
