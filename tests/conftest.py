@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import dask
 import distributed
 import psutil
 import pytest
@@ -83,9 +84,8 @@ class ExternalCluster:
 
 def _open_two_connections(observer: distributed.Client) -> None:
     """Let the observer client hold two connections to the scheduler from the start, so
-    that leak checks count them in every test's baseline: its periodic request and a
-    test's, overlapping while the scheduler is busy, would otherwise open the second one
-    during some test."""
+    that leak checks count them in every test's baseline: two requests overlapping while
+    the scheduler is busy would otherwise open the second one during some test."""
 
     async def two_at_once() -> None:
         await asyncio.gather(observer.scheduler.identity(), observer.scheduler.identity())
@@ -238,7 +238,12 @@ def _external_cluster(
 ) -> Iterator[ExternalCluster]:
     address, procs = start_external_cluster(tmp, **options)
     try:
-        observer = distributed.Client(address, timeout=60, set_as_default=False, security=security)
+        # No periodic request of its own: the tests' requests, one at a time, then never
+        # need a connection the leak checks' baseline does not have (see below).
+        with dask.config.set({"distributed.client.scheduler-info-interval": "1d"}):
+            observer = distributed.Client(
+                address, timeout=60, set_as_default=False, security=security
+            )
         try:
             observer.wait_for_workers(len(procs) - 1, timeout=60)  # all but the scheduler
             workers = sorted(observer.scheduler_info(n_workers=-1)["workers"])
