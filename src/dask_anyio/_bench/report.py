@@ -235,7 +235,8 @@ def _met(met: bool) -> str:
 
 def chart(data: dict[str, Any], path: Path) -> Path | None:
     """Speed relative to the baseline (higher is better; times and memory inverted), one
-    panel per worker-saturation setting, bars drawn from 1. Needs matplotlib."""
+    panel per worker-saturation setting, bars drawn from 1, each target a black tick
+    across its bar. Needs matplotlib."""
     try:
         import matplotlib
 
@@ -262,10 +263,14 @@ def chart(data: dict[str, Any], path: Path) -> Path | None:
             xs = [x + i * width for x in range(len(names))]
             ax.bar(xs, [v - 1 for v in speeds], width, bottom=1, label=contender)
             for x, name, speed in zip(xs, names, speeds, strict=True):
+                goal = TARGETS.get((table[name]["metric"], contender))
+                if goal is not None:  # the target, as a tick across the bar
+                    at = goal if table[name]["higher_is_better"] else 1 / goal
+                    ax.plot([x], [at], marker="_", markersize=14, color="black")
                 if math.isnan(speed):  # say why there is no bar
                     cell = table[name]["contenders"].get(contender)
                     why = "n/a" if cell is None else "abandons" if cell["abandons"] else "fails"
-                    ax.text(x, 1.0, why, rotation=90, ha="center", va="bottom", fontsize=7)
+                    ax.text(x, 0.97, why, rotation=90, ha="center", va="top", fontsize=7)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
