@@ -71,6 +71,11 @@ class Session:
     async def cancel(self, future: Any) -> None:
         raise NotImplementedError
 
+    async def let_go(self, futures: list[Any]) -> None:
+        """Let go of pending tasks (the list is emptied): a raw client releases them as
+        their futures are dropped."""
+        futures.clear()
+
 
 @contextlib.asynccontextmanager
 async def _nothing(session: Session) -> AsyncIterator[Session]:
@@ -167,6 +172,13 @@ class ExecutorSession(Session):
 
     async def cancel(self, future: Any) -> None:
         future.cancel()
+
+    async def let_go(self, futures: list[Any]) -> None:
+        # Handles belong to the executor, whose exit waits for pending ones: cancel them
+        # (one burst, sent as one request).
+        for handle in futures:
+            handle.cancel()
+        futures.clear()
 
 
 @contextlib.asynccontextmanager

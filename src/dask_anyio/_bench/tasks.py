@@ -49,8 +49,8 @@ def bench_cancel_target(_blocker: Any) -> None:
     """Queued behind a task that never runs: it waits on the scheduler until cancelled."""
 
 
-def pending(_blocker: Any) -> None:
-    """Memory per pending task: queued behind a task that never runs."""
+def pending(_item: int) -> None:
+    """Memory per pending task: needs a resource no worker has, so it never runs."""
 
 
 def payload(nbytes: int) -> bytes:
