@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import report
 from .contenders import BASELINE, CONTENDERS
 
 MIB = 2**20
@@ -254,9 +255,9 @@ def available(contenders: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
 
 
 def run(plan: Plan, output: Path, say: Callable[[str], object] = print) -> dict[str, Any]:
-    """Run the whole plan; write JSON, markdown and a chart under ``output``."""
-    from . import report
-
+    """Run the whole plan; write JSON, markdown and a chart under ``output``. The JSON
+    and markdown are written after each worker-saturation setting, so that what was
+    measured is kept if a later setting fails."""
     # A terminated run stops its cluster on the way out (the processes have sessions of
     # their own: nothing else would stop them).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -283,9 +284,8 @@ def run(plan: Plan, output: Path, say: Callable[[str], object] = print) -> dict[
                     )
                     per_contender[contender].append(result)
             runs[saturation] = per_contender
-        _write(output, _collect(plan, skipped, started, runs))  # (kept if a later one fails)
-    data = _collect(plan, skipped, started, runs)
-    _write(output, data)
+        data = _collect(plan, skipped, started, runs)
+        _write(output, data)
     say(report.markdown(data))
     if report.chart(data, output / "results.png") is None:
         say("(no chart: matplotlib is not installed)")
@@ -295,8 +295,6 @@ def run(plan: Plan, output: Path, say: Callable[[str], object] = print) -> dict[
 def _collect(
     plan: Plan, skipped: dict[str, str], started: float, runs: dict[str, Any]
 ) -> dict[str, Any]:
-    from . import report
-
     data = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -310,8 +308,6 @@ def _collect(
 
 
 def _write(output: Path, data: dict[str, Any]) -> None:
-    from . import report
-
     (output / "results.json").write_text(json.dumps(data, indent=1))
     (output / "results.md").write_text(report.markdown(data))
 

@@ -53,36 +53,38 @@ class Observer:
             lambda: self.client.run_on_scheduler(fn, *args), limiter=self.limiter
         )
 
+    async def poll(
+        self, seconds: float, done: Callable[[Any], bool], fn: Callable[..., Any], *args: Any
+    ) -> Any:
+        """Call ``fn(*args)`` on the scheduler every 20 ms until ``done`` holds for its
+        value or ``seconds`` passed; return the last value. (Polling: the scheduler is
+        another process, and no timed section polls.)"""
+        with anyio.move_on_after(seconds):
+            while not done(value := await self.on_scheduler(fn, *args)):  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        return value
+
     async def wait_held(self, n: int) -> int:
         """Until the scheduler holds ``n`` cancel targets; return how many it holds (fewer
         only if they did not all arrive within a time that grows with ``n``)."""
-        held = 0
-        with anyio.move_on_after(10 + n / 200):
-            while (held := await self.on_scheduler(tasks.held_count)) < n:  # noqa: ASYNC110
-                await anyio.sleep(0.02)
+        held: int = await self.poll(10 + n / 200, lambda held: held >= n, tasks.held_count)
         return held
 
     async def wait_forgotten(self, since: float, n: int) -> dict[str, Any] | None:
         """Once the scheduler forgot ``n`` cancel targets since ``since``: its summary
         (see :func:`~dask_anyio._bench.tasks.forgotten_since`); ``None`` after the give-up
         time."""
-        with anyio.move_on_after(FORGET_GIVE_UP):
-            while True:
-                seen: dict[str, Any] = await self.on_scheduler(tasks.forgotten_since, since)
-                if seen["count"] >= n:
-                    return seen
-                await anyio.sleep(0.02)
-        return None
+        seen: dict[str, Any] = await self.poll(
+            FORGET_GIVE_UP, lambda seen: seen["count"] >= n, tasks.forgotten_since, since
+        )
+        return seen if seen["count"] >= n else None
 
     async def settle(self) -> int:
         """Collect garbage (dropped futures release their keys), then wait until the
         scheduler holds no task; return how many it still held after 10 s (a contender
         that failed may have left some for good)."""
         gc.collect()
-        held = 0
-        with anyio.move_on_after(10):
-            while (held := await self.on_scheduler(tasks.task_count)) > 0:  # noqa: ASYNC110
-                await anyio.sleep(0.02)
+        held: int = await self.poll(10, lambda held: held == 0, tasks.task_count)
         return held
 
 
@@ -231,9 +233,9 @@ async def memory_per_pending(session: Session, observer: Observer, n: int) -> di
         try:
             start = tracemalloc.get_traced_memory()[0]
             held = await s.map(pending, range(n), resources=NEVER)
-            with anyio.fail_after(60 + n / 200):
-                while await observer.on_scheduler(tasks.task_count) < n:  # noqa: ASYNC110
-                    await anyio.sleep(0.02)
+            count = await observer.poll(60 + n / 200, lambda c: c >= n, tasks.task_count)
+            if count < n:
+                raise TimeoutError(f"only {count} of {n} pending tasks reached the scheduler")
             gc.collect()
             used = tracemalloc.get_traced_memory()[0] - start
         finally:
