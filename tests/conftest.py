@@ -54,6 +54,8 @@ class ExternalCluster:
     workers: list[str]
     processes: list[subprocess.Popen[bytes]]
     observer: distributed.Client
+    #: What ``dask scheduler --scheduler-file`` wrote.
+    scheduler_file: Path
 
     def scheduler_keys(self) -> set[str]:
         """The keys the scheduler holds right now."""
@@ -248,7 +250,7 @@ def _external_cluster(
             observer.wait_for_workers(len(procs) - 1, timeout=60)  # all but the scheduler
             workers = sorted(observer.scheduler_info(n_workers=-1)["workers"])
             _open_two_connections(observer)
-            yield ExternalCluster(address, workers, procs, observer)
+            yield ExternalCluster(address, workers, procs, observer, tmp / "scheduler.json")
         finally:
             observer.close()
     finally:

@@ -89,6 +89,24 @@ async def test_argument_combinations_are_checked() -> None:
         DaskExecutor(client=object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Cluster"):
         DaskExecutor(cluster=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at most one of address, scheduler_file"):
+        DaskExecutor("tcp://127.0.0.1:1", scheduler_file="scheduler.json")
+    with pytest.raises(TypeError, match="scheduler_file must be a path"):
+        DaskExecutor(scheduler_file=8786)  # type: ignore[arg-type]
+
+
+async def test_missing_scheduler_file_names_it(tmp_path: Path) -> None:
+    """A scheduler file that never appears fails within connect_timeout, naming the file and
+    how to write it; a file that is not a scheduler file says so."""
+    missing = tmp_path / "scheduler.json"
+    with pytest.raises(FileNotFoundError, match=r"scheduler\.json.*--scheduler-file"):
+        async with DaskExecutor(scheduler_file=missing, connect_timeout=0.2):
+            pass
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("not json")
+    with pytest.raises(ValueError, match=r"garbage\.json.*is not a scheduler file"):
+        async with DaskExecutor(scheduler_file=garbage, connect_timeout=1):
+            pass
 
 
 async def test_invalid_options(external_cluster: ExternalCluster) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -54,6 +55,35 @@ async def test_scheduler_address_config(external_cluster: ExternalCluster) -> No
         async with DaskExecutor() as ex:
             assert ex.client.scheduler.address == external_cluster.address
             assert await ex.run(operator.mul, 6, 7) == 42
+
+
+async def test_scheduler_file(external_cluster: ExternalCluster) -> None:
+    """The file `dask scheduler --scheduler-file` writes, as a path or a string."""
+    for path in (external_cluster.scheduler_file, str(external_cluster.scheduler_file)):
+        async with DaskExecutor(scheduler_file=path) as ex:
+            assert ex.client.scheduler.address == external_cluster.address
+            assert await ex.run(operator.mul, 6, 7) == 42
+
+
+async def test_scheduler_file_written_while_waiting(
+    external_cluster: ExternalCluster, tmp_path: Path
+) -> None:
+    """A scheduler file that appears while the executor waits for it (a script starting the
+    scheduler and its client together) is read once written."""
+    path = tmp_path / "scheduler.json"
+    executor = DaskExecutor(scheduler_file=path, connect_timeout=30)
+    result: list[int] = []
+
+    async def use() -> None:
+        async with executor as ex:
+            result.append(await ex.run(operator.add, 1, 2))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(use)
+        await anyio.wait_all_tasks_blocked()  # it is waiting for the file
+        assert not result
+        await anyio.Path(path).write_text(external_cluster.scheduler_file.read_text())
+    assert result == [3]
 
 
 async def test_cluster_object(external_cluster: ExternalCluster) -> None:

@@ -8,10 +8,13 @@ through a :class:`~dask_anyio._bridge.CoreRunner`, and Dask's callback thread on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import functools
+import json
 import math
+import os
 import threading
 from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable, Hashable, Iterable, Mapping
@@ -30,7 +33,7 @@ from distributed.client import FutureCancelledError
 from distributed.deploy.cluster import Cluster
 
 from ._bridge import CoreRunner, open_core_runner
-from ._core import DaskCore, logger
+from ._core import DaskCore, _connect_timeout, logger
 from ._handle import ExecutorStatistics, SchedulerLost, TaskCancelled, TaskHandle, TaskStatus
 from ._streams import _REASON_STREAM, AsCompleted, ResultStream, _Stream
 
@@ -87,6 +90,9 @@ class DaskExecutor:
       to it (``n_workers=``, ``threads_per_worker=``, ...);
     * ``address``: an existing scheduler, ``"tcp://..."`` or ``"tls://..."`` (give
       ``security=`` a :class:`distributed.security.Security` for TLS);
+    * ``scheduler_file``: the JSON file that ``dask scheduler --scheduler-file PATH`` writes
+      (as :class:`distributed.Client` does, the executor waits for it to appear, within
+      ``connect_timeout``);
     * ``cluster``: any ``distributed`` cluster object (LocalCluster, dask-jobqueue, ...);
       the executor connects to it and does not close it;
     * ``client``: an existing asynchronous :class:`distributed.Client` on the running
@@ -106,17 +112,24 @@ class DaskExecutor:
         self,
         address: str | None = None,
         *,
+        scheduler_file: str | os.PathLike[str] | None = None,
         cluster: Cluster | None = None,
         client: distributed.Client | None = None,
         security: Any = None,
         connect_timeout: float | str | None = None,
         **local_cluster_kwargs: Any,
     ) -> None:
-        given = [
-            n for n, v in (("address", address), ("cluster", cluster), ("client", client)) if v
+        sources = [
+            ("address", address),
+            ("scheduler_file", scheduler_file),
+            ("cluster", cluster),
+            ("client", client),
         ]
+        given = [n for n, v in sources if v is not None]
         if len(given) > 1:
-            raise ValueError(f"give at most one of address, cluster and client, not {given}")
+            raise ValueError(
+                f"give at most one of address, scheduler_file, cluster and client, not {given}"
+            )
         if local_cluster_kwargs and given:
             raise TypeError(
                 f"{sorted(local_cluster_kwargs)} configure the embedded LocalCluster; "
@@ -124,10 +137,13 @@ class DaskExecutor:
             )
         if address is not None and not isinstance(address, str):
             raise TypeError(f"address must be a string such as 'tcp://host:port', not {address!r}")
+        if scheduler_file is not None and not isinstance(scheduler_file, str | os.PathLike):
+            raise TypeError(f"scheduler_file must be a path, not {scheduler_file!r}")
         if client is not None and not isinstance(client, distributed.Client):
             raise TypeError(f"client must be a distributed.Client, not {client!r}")
         if cluster is not None and not hasattr(cluster, "scheduler_address"):
             raise TypeError(f"cluster must be a distributed Cluster object, not {cluster!r}")
+        self._scheduler_file = scheduler_file
         self._open_args: dict[str, Any] = {
             "address": address,
             "cluster": cluster,
@@ -164,6 +180,10 @@ class DaskExecutor:
     async def __aenter__(self) -> Self:
         if self._state is not _State.NEW:
             raise RuntimeError("a DaskExecutor can be entered only once")
+        if self._scheduler_file is not None:
+            timeout = _connect_timeout(self._open_args["connect_timeout"])
+            path = self._scheduler_file
+            self._open_args["address"] = await _read_scheduler_file(path, timeout)
         async with AsyncExitStack() as stack:
             self._runner = await stack.enter_async_context(open_core_runner())
             client = self._open_args["client"]
@@ -1162,3 +1182,29 @@ async def _cancel_reason(future: distributed.Future[Any]) -> str:
     except Exception as error:  # pragma: no cover - the future was cancelled, not failed
         return repr(error)
     return "unknown reason"  # pragma: no cover
+
+
+async def _read_scheduler_file(path: str | os.PathLike[str], patience: float) -> str:
+    """The address in a scheduler file, waiting up to ``patience`` seconds for the scheduler
+    to write it (a script may start the scheduler and its client together)."""
+    file = anyio.Path(path)
+    text = ""
+    with anyio.move_on_after(patience):
+        while not text.strip():  # not written yet
+            with contextlib.suppress(FileNotFoundError):
+                text = await file.read_text()
+            if not text.strip():
+                await anyio.sleep(0.05)
+    if not text.strip():
+        raise FileNotFoundError(
+            f"no scheduler file {os.fspath(path)!r} appeared within {patience:g} s: start the "
+            f"scheduler with `dask scheduler --scheduler-file {os.fspath(path)}`"
+        )
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        address = json.loads(text)["address"]
+        if isinstance(address, str):
+            return address
+    raise ValueError(
+        f"{os.fspath(path)!r} is not a scheduler file (JSON with an 'address' string), as "
+        "`dask scheduler --scheduler-file` writes"
+    )
