@@ -75,6 +75,12 @@ def wait_for_event(name: str) -> str:
     return name
 
 
+def wait_for_number_event(number: int) -> int:
+    """Block a worker thread until the ``distributed.Event`` ``number-<number>`` is set."""
+    distributed.Event(f"number-{number}").wait()
+    return number
+
+
 def set_event(name: str) -> None:
     distributed.Event(name).set()
 

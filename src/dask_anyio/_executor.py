@@ -101,6 +101,9 @@ class DaskExecutor:
     ``connect_timeout`` (seconds, default Dask's ``distributed.comm.timeouts.connect``)
     bounds connecting: an unreachable scheduler raises :exc:`ConnectionError` naming it.
 
+    Entering connects (and starts the embedded cluster): a checkpoint; cancelling it closes
+    whatever was opened. The exit is a checkpoint too.
+
     Exit rules, as for a task group: a normal exit waits for every outstanding handle, then
     releases every key; if the body raises or the scope is cancelled, every outstanding task
     is cancelled on the cluster first. Failures of tasks whose error nobody observed (by

@@ -149,11 +149,11 @@ class TaskHandle(Generic[T_co]):
         return TaskStatus(cast(str, self._future.status))
 
     def done(self) -> bool:
-        """Return whether the task has finished, failed or been cancelled."""
+        """Return whether the task has finished, failed or been cancelled. A plain call."""
         return self.status in (TaskStatus.FINISHED, TaskStatus.ERROR, TaskStatus.CANCELLED)
 
     def cancelled(self) -> bool:
-        """Return whether the task was cancelled."""
+        """Return whether the task was cancelled. A plain call."""
         return self.status is TaskStatus.CANCELLED
 
     def cancel(self) -> bool:
