@@ -120,7 +120,9 @@ def test_a_way_that_cannot_cancel_shows_as_abandoning_not_as_fast() -> None:
         "sync-to-thread": [{"cancel_latency:2": {"scope_exit": [0.0001], "abandons": True}}],
     }
     data = _data(runs)
-    cell = data["summary"]["1.1"]["cancel: scope exit (2)"]["contenders"]["sync-to-thread"]
+    cell = data["summary"]["1.1"]["cancel: scope exit (unlike: see notes) (2)"]["contenders"][
+        "sync-to-thread"
+    ]
     assert "ratio" not in cell
     assert "abandons (no remote cancel)" in report.markdown(data)
 
