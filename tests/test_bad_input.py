@@ -93,6 +93,8 @@ async def test_argument_combinations_are_checked() -> None:
         DaskExecutor("tcp://127.0.0.1:1", scheduler_file="scheduler.json")
     with pytest.raises(TypeError, match="scheduler_file must be a path"):
         DaskExecutor(scheduler_file=8786)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="scheduler_file is empty"):
+        DaskExecutor(scheduler_file="")
 
 
 async def test_missing_scheduler_file_names_it(tmp_path: Path) -> None:
@@ -103,9 +105,9 @@ async def test_missing_scheduler_file_names_it(tmp_path: Path) -> None:
         async with DaskExecutor(scheduler_file=missing, connect_timeout=0.2):
             pass
     garbage = tmp_path / "garbage.json"
-    garbage.write_text("not json")
+    garbage.write_text('{"no address": 1}')
     with pytest.raises(ValueError, match=r"garbage\.json.*is not a scheduler file"):
-        async with DaskExecutor(scheduler_file=garbage, connect_timeout=1):
+        async with DaskExecutor(scheduler_file=garbage, connect_timeout=0.2):
             pass
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -66,11 +67,23 @@ async def test_scheduler_file(external_cluster: ExternalCluster) -> None:
 
 
 async def test_scheduler_file_written_while_waiting(
-    external_cluster: ExternalCluster, tmp_path: Path
+    external_cluster: ExternalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A scheduler file that appears while the executor waits for it (a script starting the
-    scheduler and its client together) is read once written."""
-    path = tmp_path / "scheduler.json"
+    """A scheduler file that appears while the executor waits for it, first half written
+    (as a shared filesystem may show it), is read once complete."""
+    path = anyio.Path(tmp_path / "scheduler.json")
+    content = external_cluster.scheduler_file.read_text()
+    half = content[: len(content) // 2]
+    half_read = anyio.Event()
+    read_text = anyio.Path.read_text
+
+    async def read_and_tell(self: anyio.Path, *args: Any, **kwargs: Any) -> str:
+        text = await read_text(self, *args, **kwargs)
+        if text == half:
+            half_read.set()
+        return text
+
+    monkeypatch.setattr(anyio.Path, "read_text", read_and_tell)
     executor = DaskExecutor(scheduler_file=path, connect_timeout=30)
     result: list[int] = []
 
@@ -80,10 +93,27 @@ async def test_scheduler_file_written_while_waiting(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(use)
-        await anyio.wait_all_tasks_blocked()  # it is waiting for the file
+        await anyio.wait_all_tasks_blocked()  # waiting: no file yet
+        await path.write_text(half)
+        await half_read.wait()  # read, and not taken for a bad file
         assert not result
-        await anyio.Path(path).write_text(external_cluster.scheduler_file.read_text())
+        await path.write_text(content)
     assert result == [3]
+
+
+async def test_cancelled_while_waiting_for_the_scheduler_file(tmp_path: Path) -> None:
+    """Waiting for a scheduler file is a checkpoint: a cancelled scope stops it at once."""
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def enter() -> None:
+                async with DaskExecutor(scheduler_file=tmp_path / "never.json"):
+                    pass
+
+            tg.start_soon(enter)
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()
+    assert scope.cancelled_caught
 
 
 async def test_cluster_object(external_cluster: ExternalCluster) -> None:

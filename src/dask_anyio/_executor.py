@@ -91,8 +91,8 @@ class DaskExecutor:
     * ``address``: an existing scheduler, ``"tcp://..."`` or ``"tls://..."`` (give
       ``security=`` a :class:`distributed.security.Security` for TLS);
     * ``scheduler_file``: the JSON file that ``dask scheduler --scheduler-file PATH`` writes
-      (as :class:`distributed.Client` does, the executor waits for it to appear, within
-      ``connect_timeout``);
+      (as :class:`distributed.Client` does, the executor waits up to ``connect_timeout`` for
+      it to appear and be complete, then connects within ``connect_timeout`` again);
     * ``cluster``: any ``distributed`` cluster object (LocalCluster, dask-jobqueue, ...);
       the executor connects to it and does not close it;
     * ``client``: an existing asynchronous :class:`distributed.Client` on the running
@@ -142,6 +142,8 @@ class DaskExecutor:
             raise TypeError(f"address must be a string such as 'tcp://host:port', not {address!r}")
         if scheduler_file is not None and not isinstance(scheduler_file, str | os.PathLike):
             raise TypeError(f"scheduler_file must be a path, not {scheduler_file!r}")
+        if scheduler_file is not None and not os.fspath(scheduler_file):
+            raise ValueError("scheduler_file is empty: give the path of a scheduler file")
         if client is not None and not isinstance(client, distributed.Client):
             raise TypeError(f"client must be a distributed.Client, not {client!r}")
         if cluster is not None and not hasattr(cluster, "scheduler_address"):
@@ -1189,25 +1191,28 @@ async def _cancel_reason(future: distributed.Future[Any]) -> str:
 
 async def _read_scheduler_file(path: str | os.PathLike[str], patience: float) -> str:
     """The address in a scheduler file, waiting up to ``patience`` seconds for the scheduler
-    to write it (a script may start the scheduler and its client together)."""
+    to write it: a script may start the scheduler and its client together, and on a shared
+    filesystem the file may be seen half written (as :class:`distributed.Client` does)."""
     file = anyio.Path(path)
-    text = ""
-    with anyio.move_on_after(patience):
-        while not text.strip():  # not written yet
-            with contextlib.suppress(FileNotFoundError):
-                text = await file.read_text()
-            if not text.strip():
-                await anyio.sleep(0.05)
-    if not text.strip():
-        raise FileNotFoundError(
-            f"no scheduler file {os.fspath(path)!r} appeared within {patience:g} s: start the "
-            f"scheduler with `dask scheduler --scheduler-file {os.fspath(path)}`"
-        )
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        address = json.loads(text)["address"]
-        if isinstance(address, str):
-            return address
-    raise ValueError(
-        f"{os.fspath(path)!r} is not a scheduler file (JSON with an 'address' string), as "
-        "`dask scheduler --scheduler-file` writes"
-    )
+    name = os.fspath(path)
+    deadline = anyio.current_time() + patience
+    while True:
+        try:
+            text = await file.read_text()
+        except FileNotFoundError:
+            problem: Exception = FileNotFoundError(
+                f"no scheduler file {name!r} appeared within {patience:g} s: start the "
+                f"scheduler with `dask scheduler --scheduler-file {name}`"
+            )
+        else:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                address = json.loads(text)["address"]
+                if isinstance(address, str):
+                    return address
+            problem = ValueError(
+                f"{name!r} is not a scheduler file (JSON with an 'address' string, as "
+                f"`dask scheduler --scheduler-file` writes), still after {patience:g} s"
+            )
+        if anyio.current_time() >= deadline:
+            raise problem
+        await anyio.sleep(0.05)
