@@ -9,6 +9,8 @@ extensions = ["myst_parser", "sphinx.ext.autodoc"]
 source_suffix = {".md": "markdown"}
 exclude_patterns = ["_build"]
 html_theme = "furo"
+# anchors for headings, so that pages link to sections ("page.md#section")
+myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 # Names outside this package (the standard library, Dask, anyio) and type variables.

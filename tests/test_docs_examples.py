@@ -1,4 +1,4 @@
-"""Every example under docs/examples runs as the documentation shows it, on every backend.
+"""Every example under docs/examples runs, on every backend.
 
 The how-to examples use ``DaskExecutor()``; here Dask's ``scheduler-address`` setting points
 it at the session's external cluster. The tutorial's cluster is started with the commands the
@@ -259,6 +259,10 @@ async def test_web_app(
     async with _lifespan(web.app):
         status, body = await _AsgiCall(web.app, b"below=100")()
         assert (status, json.loads(body)) == (200, {"below": 100, "primes": 25})
+        for bad in (b"", b"below=many", b"below=-1", b"below=%d" % (web.LARGEST + 1)):
+            status, body = await _AsgiCall(web.app, bad)()
+            assert status == 400, bad
+            assert "below= needs a number" in json.loads(body)["error"]
 
         number = blocked_work(web)
         call = _AsgiCall(web.app, b"below=%d" % number)
@@ -284,8 +288,14 @@ async def test_trio_server(
         async with await anyio.connect_tcp("127.0.0.1", port) as client:
             await client.send(b"100\n")
             assert await client.receive() == b"25\n"
+        for bad in (b"not a number\n", b"-1\n", b"%d\n" % (server.LARGEST + 1)):
+            async with await anyio.connect_tcp("127.0.0.1", port) as client:
+                await client.send(bad)
+                assert (await client.receive()).startswith(b"error: send a number from 0 to")
+                with pytest.raises(anyio.EndOfStream):
+                    await client.receive()
         async with await anyio.connect_tcp("127.0.0.1", port) as client:
-            await client.send(b"not a number\n")
+            await client.send(b"x" * 30)  # no newline within 20 bytes: hung up on
             with pytest.raises(anyio.EndOfStream):
                 await client.receive()
 
@@ -357,16 +367,34 @@ def tutorial_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.mark.anyio
+@pytest.mark.timeout(120)  # an embedded LocalCluster starts and stops
 async def test_tutorial_step_1_embedded(
     tutorial_modules: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import offload  # type: ignore[import-not-found]
+    import primes  # type: ignore[import-not-found]
 
+    assert primes.count_primes(0, 100) == 25
     await offload.main()
     assert capsys.readouterr().out == "1229 primes below 10 000\n"
 
 
+@pytest.mark.timeout(150)
+def test_tutorial_step_1_as_a_script() -> None:
+    """`python offload.py`, as the tutorial runs it: trio, and workers spawned from it."""
+    result = subprocess.run(
+        [sys.executable, str(TUTORIAL / "offload.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1229 primes below 10 000\n"
+
+
 @pytest.mark.anyio
+@pytest.mark.timeout(180)  # the tutorial's cluster starts (once per module)
 async def test_tutorial_steps_2_and_3_external(
     tutorial_modules: None,
     tutorial_cluster: tuple[Path, str],
@@ -381,5 +409,5 @@ async def test_tutorial_steps_2_and_3_external(
     assert capsys.readouterr().out.splitlines()[-1] == "22044 primes below 250000"
     await offload_external.main(scheduler_file=str(scheduler_file), stop=250_000)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "22044 primes below 250000"
-    assert lines[1].startswith("dashboard: http://127.0.0.1:")
+    assert lines[0].startswith("dashboard: http://127.0.0.1:")
+    assert lines[1] == "22044 primes below 250000"

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT
 
 EXAMPLE = ROOT / "docs" / "examples" / "readme.py"
@@ -18,6 +20,7 @@ def test_readme_example_is_the_example_file() -> None:
     assert match.group(1) == EXAMPLE.read_text()
 
 
+@pytest.mark.timeout(180)  # two embedded LocalClusters start and stop
 def test_readme_example_runs() -> None:
     """Run as a script, it exits cleanly on both backends (it runs main on each)."""
     assert 'anyio.run(main, backend="trio")' in EXAMPLE.read_text()

@@ -35,7 +35,8 @@ async def by_cluster_object() -> int:
         async with DaskExecutor(cluster=cluster) as ex:  # connects; does not close it
             return await ex.run(operator.add, 1, 2)
     finally:
-        await anyio.to_thread.run_sync(cluster.close)
+        with anyio.CancelScope(shield=True):  # close it even if this scope was cancelled
+            await anyio.to_thread.run_sync(cluster.close)
 
 
 async def by_tls(address: str, ca: str, cert: str, key: str) -> int:

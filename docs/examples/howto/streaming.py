@@ -1,5 +1,6 @@
 """Stream items through the cluster, at most N in flight, as an async iterator."""
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import anyio
@@ -24,9 +25,11 @@ async def main(n: int = 1_000) -> None:
     stored: list[dict[str, int]] = []
     # At most 32 tasks exist on the cluster at any moment: the source is read only as
     # results are taken. Leaving the block early cancels what is in flight.
+    # (The stream does not close an async source: aclosing() does.)
     async with (
         DaskExecutor() as ex,
-        ex.imap(parse, read_lines(n), max_in_flight=32) as results,
+        contextlib.aclosing(read_lines(n)) as lines,
+        ex.imap(parse, lines, max_in_flight=32) as results,
     ):
         async for record in results:  # in the order of the items (ordered=True)
             stored.append(record)  # stands for `await store(record)`

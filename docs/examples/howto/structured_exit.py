@@ -16,7 +16,9 @@ def fail(message: str) -> None:
     raise ValueError(message)
 
 
-async def main(seconds: float = 60) -> None:
+async def main(seconds: float = 5) -> None:
+    # Three executors: each starts (and closes) its own LocalCluster unless Dask's
+    # scheduler-address setting names a cluster.
     # A normal exit waits for every outstanding handle, as a task group waits for its
     # children.
     async with DaskExecutor() as ex:

@@ -2,9 +2,11 @@
 
 A client sends a number and a newline; the server answers with the number of primes below
 it. If the client disconnects before the answer, its remote task is cancelled. Try it with
-`nc 127.0.0.1 8000` once it runs.
+`nc 127.0.0.1 8000` and a typed number (not piped: the end of piped input reads as a
+disconnect).
 """
 
+import contextlib
 import functools
 
 import anyio
@@ -13,6 +15,9 @@ from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from dask_anyio import DaskExecutor
+
+#: The largest request: a task that has started runs to its end even if its client leaves.
+LARGEST = 10_000_000
 
 
 def count_primes(stop: int) -> int:
@@ -29,18 +34,26 @@ async def cancel_on_disconnect(stream: SocketStream, scope: anyio.CancelScope) -
 
 
 async def handle(ex: DaskExecutor, stream: SocketStream) -> None:
-    async with stream:
-        try:
-            line = await BufferedByteReceiveStream(stream).receive_until(b"\n", 20)
-            stop = int(line)
-        except (anyio.IncompleteRead, anyio.DelimiterNotFound, ValueError):
-            return  # not a request: hang up (an error here would stop the whole server)
-        with anyio.CancelScope() as request_scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(cancel_on_disconnect, stream, request_scope)
-                count = await ex.run(count_primes, stop)  # cancelled, remotely too, if
-                tg.cancel_scope.cancel()  # the client leaves; else stop watching
-            await stream.send(b"%d\n" % count)
+    # An exception escaping a handler would stop listener.serve(), and the whole server
+    # with it: every way a connection can fail ends here, with that connection.
+    failures = (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound)
+    with contextlib.suppress(*failures, anyio.BrokenResourceError, TimeoutError):
+        async with stream:
+            with anyio.fail_after(10):  # an idle client does not hold its task forever
+                line = await BufferedByteReceiveStream(stream).receive_until(b"\n", 20)
+            try:
+                stop = int(line)
+            except ValueError:
+                stop = -1
+            if not 0 <= stop <= LARGEST:  # a bound: started work cannot be taken back
+                await stream.send(b"error: send a number from 0 to %d\n" % LARGEST)
+                return
+            with anyio.CancelScope() as request_scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel_on_disconnect, stream, request_scope)
+                    count = await ex.run(count_primes, stop)  # cancelled, remotely too,
+                    tg.cancel_scope.cancel()  # if the client leaves; else stop watching
+                await stream.send(b"%d\n" % count)
 
 
 async def main(port: int = 8000, *, task_status: TaskStatus[int] = TASK_STATUS_IGNORED) -> None:

@@ -2,7 +2,7 @@
 
 One executor for the app's lifetime, opened by its lifespan. Each request's work is a run()
 call: it belongs to the request, and if the client disconnects first, the remote task is
-cancelled. Serve it with `uvicorn web_starlette:app`.
+cancelled. Serve it with `uvicorn web_starlette:app` (`pip install starlette uvicorn`).
 """
 
 import contextlib
@@ -15,6 +15,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dask_anyio import DaskExecutor
+
+#: The largest request: a task that has started runs to its end even if its client leaves.
+LARGEST = 10_000_000
 
 
 def count_primes(stop: int) -> int:
@@ -31,7 +34,12 @@ async def cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> No
 
 async def primes(request: Request) -> Response:
     ex: DaskExecutor = request.app.state.executor
-    stop = int(request.query_params["below"])
+    try:
+        stop = int(request.query_params["below"])
+    except (KeyError, ValueError):
+        stop = -1
+    if not 0 <= stop <= LARGEST:
+        return JSONResponse({"error": f"below= needs a number from 0 to {LARGEST}"}, 400)
     with anyio.CancelScope() as request_scope:
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_disconnect, request, request_scope)

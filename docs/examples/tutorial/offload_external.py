@@ -8,8 +8,8 @@ from dask_anyio import DaskExecutor
 
 async def main(scheduler_file: str = "scheduler.json", stop: int = 2_000_000) -> None:
     async with DaskExecutor(scheduler_file=scheduler_file) as ex:
-        print(f"{await count_primes_below(ex, stop)} primes below {stop}")
         print(f"dashboard: {ex.dashboard_link}")
+        print(f"{await count_primes_below(ex, stop)} primes below {stop}")
     # the cluster keeps running: it is not the executor's
 
 
