@@ -132,6 +132,7 @@ async def test_connecting(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # a LocalCluster each
 async def test_connecting_to_a_cluster_object(capsys: pytest.CaptureFixture[str]) -> None:
     await load(HOWTO / "connecting.py").main()
     assert capsys.readouterr().out == "3\n"
@@ -367,6 +368,7 @@ def tutorial_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio: the script, below
 @pytest.mark.timeout(120)  # an embedded LocalCluster starts and stops
 async def test_tutorial_step_1_embedded(
     tutorial_modules: None, capsys: pytest.CaptureFixture[str]
