@@ -85,7 +85,7 @@ def _own_cluster(tmp_path: Path, n_workers: int) -> Iterator[ExternalCluster]:
             observer.wait_for_workers(n_workers, timeout=60)
             seen |= _family(procs)
             workers = sorted(observer.scheduler_info(n_workers=-1)["workers"])
-            yield ExternalCluster(address, workers, procs, observer)
+            yield ExternalCluster(address, workers, procs, observer, tmp_path / "scheduler.json")
         finally:
             observer.close()
     finally:
