@@ -102,8 +102,8 @@ def test_problems_are_our_failures_not_the_other_contenders() -> None:
     ]
 
 
-def test_the_largest_size_runs_in_the_first_repetition_only() -> None:
-    plan = runner.Plan(sizes=(10, 100), largest_for=("raw-asyncio",))
+def test_the_largest_sizes_run_in_the_first_repetition_only() -> None:
+    plan = runner.Plan(sizes=(10, 100), once_from=100, largest_for=("raw-asyncio",))
     first, later = plan.workloads(0, "raw-asyncio"), plan.workloads(1, "raw-asyncio")
     assert ("map", 100) in first
     assert ("submit", 100) in first
@@ -134,3 +134,9 @@ def test_a_target_without_a_figure_is_reported_as_missed() -> None:
     }
     text = report.markdown(_data(runs))
     assert "| map throughput (10) | dask-anyio-asyncio | >= 0.95x | fails | **no** |" in text
+
+
+def test_a_plan_can_run_some_workloads_only() -> None:
+    plan = runner.Plan(sizes=(10, 20), only=("map", "round_trip"))
+    assert plan.workloads(1, "raw-asyncio") == [("map", 10), ("map", 20), ("round_trip", 500)]
+    assert set(runner.WORKLOADS) == {name for name, _ in runner.Plan().workloads(0, "raw-asyncio")}

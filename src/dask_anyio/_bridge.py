@@ -1,12 +1,13 @@
 """Thread bridge: the one thread-crossing primitive, and the two ways of running the core.
 
-Three kinds of thread meet in dask-anyio:
+Two kinds of thread meet in dask-anyio:
 
 * the *front-end* thread, where the caller's event loop runs (asyncio or trio);
 * the *core* loop, the asyncio loop that owns the :class:`distributed.Client`: the caller's
-  own loop under asyncio, a private loop thread owned by the executor under trio;
-* Dask's ``Dask-Callback-Thread``, where :meth:`distributed.Future.add_done_callback`
-  callbacks run.
+  own loop under asyncio, a private loop thread owned by the executor under trio.
+
+(Dask runs :meth:`distributed.Future.add_done_callback` callbacks on a thread of its own;
+dask-anyio does not use them: it watches futures on the core loop.)
 
 Code on one of them never touches another loop's objects directly: every crossing goes
 through :meth:`LoopToken.run_sync_soon`. The difference between the two backends lives in
@@ -72,8 +73,8 @@ class LoopToken:
         """Schedule ``fn(*args)`` to run soon on this token's event loop.
 
         **This method is thread-safe.** It is the only way dask-anyio crosses from one thread
-        to another: from Dask's callback thread to the caller's loop, from the trio thread to
-        the private asyncio loop and back. It never blocks and never runs ``fn`` inline.
+        to another: from the trio thread to the private asyncio loop and back (and, under
+        asyncio, from the core's callbacks to the loop they share). It never blocks and never runs ``fn`` inline.
         Calls scheduled from one thread run in the order they were scheduled.
 
         :return: ``True`` if the call was scheduled, ``False`` if the loop has already

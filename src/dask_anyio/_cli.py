@@ -12,6 +12,7 @@ import anyio
 import click
 
 from ._bench.contenders import CONTENDERS
+from ._bench.runner import WORKLOADS
 from ._demo import demo as run_demo
 
 
@@ -89,14 +90,34 @@ def demo(backend: str, address: str | None, delay: float, progress: bool | None)
     type=click.Choice(list(CONTENDERS)),
     help="Contenders to run (repeatable).  [default: all that are installed]",
 )
+@click.option(
+    "--workload",
+    "workloads",
+    multiple=True,
+    type=click.Choice(list(WORKLOADS)),
+    help="Workloads to run (repeatable).  [default: all]",
+)
+@click.option(
+    "--size",
+    "sizes",
+    multiple=True,
+    type=click.IntRange(min=1),
+    help="Task counts of the throughput workloads (repeatable).  [default: 1000, 10000, 100000]",
+)
 def bench(
     quick: bool,
     output: Path | None,
     repetitions: int | None,
     saturations: tuple[str, ...],
     contenders: tuple[str, ...],
+    workloads: tuple[str, ...],
+    sizes: tuple[int, ...],
 ) -> None:
-    """Benchmark dask-anyio against the raw Dask client on a cluster of its own."""
+    """Benchmark dask-anyio against the raw Dask client on a cluster of its own.
+
+    With --workload or --size, results go to benchmarks/results/partial unless --output
+    says otherwise: a partial run never replaces the full one.
+    """
     from ._bench import runner
 
     plan = runner.QUICK if quick else runner.Plan()
@@ -106,8 +127,13 @@ def bench(
         plan = dataclasses.replace(plan, saturations=saturations)
     if contenders:
         plan = dataclasses.replace(plan, contenders=contenders)
+    if workloads:
+        plan = dataclasses.replace(plan, only=workloads)
+    if sizes:
+        plan = dataclasses.replace(plan, sizes=tuple(sorted(set(sizes))))
     if output is None:
-        output = Path("benchmarks/results") / ("quick" if quick else "full")
+        kind = "quick" if quick else "partial" if workloads or sizes else "full"
+        output = Path("benchmarks/results") / kind
     data = runner.run(plan, output, say=click.echo)
     problems = runner.problems(data)
     for problem in problems:

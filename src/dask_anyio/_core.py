@@ -115,6 +115,10 @@ class DaskCore:
         self.cluster = cluster
         self._owns_client = owns_client
         self._owns_cluster = owns_cluster
+        #: Tasks waiting for futures to be done (see watch), and the items done in this
+        #: loop turn, by the function that delivers them.
+        self._watching: set[asyncio.Task[None]] = set()
+        self._done: dict[Callable[[list[Any]], object], list[Any]] = {}
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -233,6 +237,46 @@ class DaskCore:
     def dashboard_link(self) -> str | None:
         link = self.client.dashboard_link
         return link if isinstance(link, str) else None
+
+    # -- watching (on the core loop) -------------------------------------------------------
+
+    def watch(
+        self,
+        future: distributed.Future[Any],
+        item: Any,
+        deliver: Callable[[list[Any]], object],
+    ) -> None:
+        """Once ``future`` is done (finished, failed or cancelled), call ``deliver`` with
+        ``item``, in a list with the other items of that ``deliver`` done in the same loop
+        turn: one call per batch, on this loop. Must run on the core loop.
+
+        A task of this loop waits for the future, as Dask's own done-callbacks do, but no
+        thread is involved: :meth:`distributed.Future.add_done_callback` hands each callback
+        to a thread pool, a thread switch per completed task that costs the client more CPU
+        than the rest of the task's round trip. A lost task (its worker died) counts as
+        done, as for Dask's done-callbacks.
+        """
+        task = asyncio.ensure_future(self._when_done(future, item, deliver))
+        self._watching.add(task)
+        task.add_done_callback(self._watching.discard)
+
+    async def _when_done(
+        self, future: distributed.Future[Any], item: Any, deliver: Callable[[list[Any]], object]
+    ) -> None:
+        # What Dask's own done-callbacks wait on (distributed.client.done_callback): the
+        # future's state, which the client's loop sets. (distributed.wait would do, but looks
+        # up the default client, which may be another one, for every future.)
+        state = future._state
+        while state is not None and future.status == "pending":
+            await state.wait()
+        batch = self._done.get(deliver)
+        if batch is None:
+            batch = self._done[deliver] = []
+            asyncio.get_running_loop().call_soon(self._hand_over, deliver)
+        batch.append(item)
+
+    def _hand_over(self, deliver: Callable[[list[Any]], object]) -> None:
+        deliver(self._done.pop(deliver))
 
     # -- submitting (thread-safe) ----------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """anyio front end: :class:`DaskExecutor`, the object users hold.
 
 It runs on the caller's event loop (asyncio or trio) and reaches the asyncio core only
-through a :class:`~dask_anyio._bridge.CoreRunner`, and Dask's callback thread only through
-:meth:`~dask_anyio._bridge.LoopToken.run_sync_soon`.
+through a :class:`~dask_anyio._bridge.CoreRunner` and its loop tokens
+(:meth:`~dask_anyio._bridge.LoopToken.run_sync_soon`).
 """
 
 from __future__ import annotations
@@ -644,24 +644,34 @@ class DaskExecutor:
     def _watch(self, handle: TaskHandle[Any], callback: Callable[[], object]) -> None:
         """Call ``callback()`` on the front loop once ``handle`` is done: at once if it is.
 
-        One Dask done-callback per handle serves every watcher (waiters, as_completed, imap).
+        One watch on the core loop per handle serves every watcher (waiters, as_completed,
+        imap); completions come back in batches, one thread crossing per batch.
         """
         if handle.done():
             callback()
             return
         handle._watchers.append(callback)
         if not handle._registered:
-            handle._registered = True
-            handle._future.add_done_callback(functools.partial(self._on_future_done, handle))
+            self._register(handle)
+
+    def _register(self, handle: TaskHandle[Any]) -> None:
+        handle._registered = True
+        self._runner.core.run_sync_soon(
+            self._core.watch, handle._future, handle, self._deliver_done
+        )
 
     @staticmethod
     def _unwatch(handle: TaskHandle[Any], callback: Callable[[], object]) -> None:
         if callback in handle._watchers:
             handle._watchers.remove(callback)
 
-    def _on_future_done(self, handle: TaskHandle[Any], _future: object) -> None:
-        # On Dask's callback thread: hand over to the caller's loop, touch nothing here.
-        self._runner.front.run_sync_soon(self._settle, handle)
+    def _deliver_done(self, handles: list[TaskHandle[Any]]) -> None:
+        # On the core loop: hand over to the caller's loop, touch nothing here.
+        self._runner.front.run_sync_soon(self._settle_all, handles)
+
+    def _settle_all(self, handles: list[TaskHandle[Any]]) -> None:
+        for handle in handles:
+            self._settle(handle)
 
     def _settle(self, handle: TaskHandle[Any]) -> None:
         """On the front loop, after Dask's future changed state: tell the watchers if done."""
@@ -670,12 +680,11 @@ class DaskExecutor:
             self._notify(handle)
         elif handle._watchers:
             if handle.status is TaskStatus.LOST and self._state is not _State.CLOSED:
-                # Dask's done-callback fires at once for a task lost with a worker: look
+                # The watch ends at once for a task lost with a worker: look
                 # again after a pause, until Dask has recomputed it.
                 self._tg.start_soon(self._recheck_lost, handle)
             else:
-                handle._registered = True
-                handle._future.add_done_callback(functools.partial(self._on_future_done, handle))
+                self._register(handle)
 
     async def _recheck_lost(self, handle: TaskHandle[Any]) -> None:
         await anyio.sleep(_LOST_RECHECK)

@@ -126,7 +126,7 @@ class TaskHandle(Generic[T_co]):
         self._future = future
         #: Called on the front loop once the task is done (see DaskExecutor._watch).
         self._watchers: list[Callable[[], object]] = []
-        #: Whether a done-callback is registered with Dask's future.
+        #: Whether the core watches the future for this handle.
         self._registered = False
         self._observed = False
         #: Why the executor cancelled it, if it did.

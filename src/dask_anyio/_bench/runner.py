@@ -39,9 +39,11 @@ class Plan:
     contenders: tuple[str, ...] = tuple(CONTENDERS)
     saturations: tuple[str, ...] = ("1.1", "inf")
     repetitions: int = 3
-    #: Task counts of the throughput workloads. The largest runs in the first repetition
-    #: only, and only for the contenders in ``largest_for`` (it is the slowest part).
+    #: Task counts of the throughput workloads. Those of ``once_from`` tasks or more run in
+    #: the first repetition only, and only for the contenders in ``largest_for`` (they are
+    #: the slowest part).
     sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
+    once_from: int = 100_000
     largest_for: tuple[str, ...] = ("raw-asyncio", "dask-anyio-asyncio", "dask-anyio-trio")
     round_trips: int = 500
     chain: int = 100
@@ -54,10 +56,12 @@ class Plan:
     threads: int = 2
     #: Seconds one contender's process may take for one repetition.
     process_timeout: float = 3600
+    #: Run only these workloads (names as in WORKLOADS); all if empty.
+    only: tuple[str, ...] = ()
 
     def workloads(self, repetition: int, contender: str) -> list[tuple[str, int]]:
         largest = repetition == 0 and contender in self.largest_for
-        sizes = self.sizes if largest else self.sizes[:-1] or self.sizes
+        sizes = [n for n in self.sizes if largest or n < self.once_from]
         work: list[tuple[str, int]] = []
         for n in sizes:
             work += [("map", n), ("submit", n)]
@@ -70,7 +74,21 @@ class Plan:
         ]
         if repetition == 0:
             work += [("memory_per_pending", self.pending), ("large_result", self.large_result)]
-        return work
+        return [(name, arg) for name, arg in work if not self.only or name in self.only]
+
+
+#: The workloads a plan can run, in the order it runs them.
+WORKLOADS = (
+    "map",
+    "submit",
+    "round_trip",
+    "chain",
+    "fan_in",
+    "cancel_latency",
+    "cancel_storm",
+    "memory_per_pending",
+    "large_result",
+)
 
 
 QUICK = Plan(
