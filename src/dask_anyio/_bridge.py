@@ -74,8 +74,9 @@ class LoopToken:
 
         **This method is thread-safe.** It is the only way dask-anyio crosses from one thread
         to another: from the trio thread to the private asyncio loop and back (and, under
-        asyncio, from the core's callbacks to the loop they share). It never blocks and never runs ``fn`` inline.
-        Calls scheduled from one thread run in the order they were scheduled.
+        asyncio, from the core's callbacks to the loop they share). It never blocks and never
+        runs ``fn`` inline. Calls scheduled from one thread run in the order they were
+        scheduled.
 
         :return: ``True`` if the call was scheduled, ``False`` if the loop has already
             finished (the call is then dropped).
