@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -140,3 +142,18 @@ def test_a_plan_can_run_some_workloads_only() -> None:
     plan = runner.Plan(sizes=(10, 20), only=("map", "round_trip"))
     assert plan.workloads(1, "raw-asyncio") == [("map", 10), ("map", 20), ("round_trip", 500)]
     assert set(runner.WORKLOADS) == {name for name, _ in runner.Plan().workloads(0, "raw-asyncio")}
+
+
+def test_a_report_is_written_again_from_its_data(tmp_path: Path) -> None:
+    """`python -m dask_anyio._bench.report DIR` rewrites the markdown (and the chart, with
+    matplotlib) from results.json, with the current report's labels."""
+    runs: dict[str, Any] = {
+        "raw-asyncio": [{"map:10": {"tasks_per_s": 100.0}}],
+        "dask-anyio-asyncio": [{"map:10": {"tasks_per_s": 90.0}}],
+    }
+    data = _data(runs)
+    data["summary"] = {}  # as an older report left it
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    report.rerender(tmp_path)
+    assert "| map throughput (10) | tasks/s |" in (tmp_path / "results.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["summary"]["1.1"]

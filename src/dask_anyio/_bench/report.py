@@ -274,7 +274,12 @@ def chart(data: dict[str, Any], path: Path) -> Path | None:
                     ax.plot([x], [at], marker="_", markersize=14, color="black")
                 if math.isnan(speed):  # say why there is no bar
                     cell = table[name]["contenders"].get(contender)
-                    why = "n/a" if cell is None else "abandons" if cell["abandons"] else "fails"
+                    if cell is not None and cell["abandons"]:
+                        why = "abandons"
+                    elif cell is not None and cell["errors"]:
+                        why = "fails"
+                    else:  # not run (the largest sizes), or its process died first
+                        why = "n/a"
                     ax.text(x, 0.97, why, rotation=90, ha="center", va="top", fontsize=7)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
@@ -292,3 +297,21 @@ def chart(data: dict[str, Any], path: Path) -> Path | None:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def rerender(output: Path) -> None:
+    """Write ``results.md`` and ``results.png`` again from ``results.json`` in ``output``,
+    with this version of the report (its statistics, labels and chart)."""
+    import json
+
+    data = json.loads((output / "results.json").read_text())
+    data["summary"] = summarize(data)
+    (output / "results.json").write_text(json.dumps(data, indent=1))
+    (output / "results.md").write_text(markdown(data))
+    chart(data, output / "results.png")
+
+
+if __name__ == "__main__":  # python -m dask_anyio._bench.report DIRECTORY
+    import sys
+
+    rerender(Path(sys.argv[1]))
