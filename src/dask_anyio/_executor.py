@@ -8,6 +8,7 @@ through a :class:`~dask_anyio._bridge.CoreRunner` and its loop tokens
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import enum
@@ -891,25 +892,52 @@ class DaskExecutor:
             found[handle.key] = handle
 
         _map_handles(handles, collect)
-        waiting: AsCompleted[TaskHandle[Any]] = AsCompleted(
-            self, found.values(), with_results=False, raise_errors=True
-        )
-        failed: set[str] = set()
-        try:
-            async for handle in waiting:
-                failure = await self._failure_of(handle)
-                if failure is not None:
-                    handle._observed = True
-                    if errors == "raise":
-                        raise failure
-                    failed.add(handle.key)
-        finally:
-            waiting._detach()
+        await anyio.lowlevel.checkpoint()
+        failed = await self._wait_all(list(found.values()), raise_first=errors == "raise")
         keys = [k for k in found if k not in failed]
         values = await self._runner.run(self._core.gather, [found[k]._future for k in keys])
         lookup = dict(zip(keys, values, strict=True))
         result = _map_handles(handles, lambda h: _SKIP if h.key in failed else lookup[h.key])
         return None if result is _SKIP else result
+
+    async def _wait_all(self, handles: list[TaskHandle[Any]], *, raise_first: bool) -> set[str]:
+        """Wait until every handle is done; return the keys of those that failed (or were
+        cancelled), or raise the first failure as soon as it is known if ``raise_first``.
+
+        Handles are looked at in completion order, as many per wake-up as are done: unlike
+        ``as_completed``, whose every iteration is a checkpoint, this waits once per batch
+        of completions (a checkpoint per task cost a large gather a tenth of its speed).
+        """
+        done: collections.deque[TaskHandle[Any]] = collections.deque()
+        wakeup = [anyio.Event()]
+
+        def on_done(handle: TaskHandle[Any]) -> None:
+            done.append(handle)
+            wakeup[0].set()
+
+        callbacks = [(handle, functools.partial(on_done, handle)) for handle in handles]
+        failed: set[str] = set()
+        try:
+            for handle, callback in callbacks:
+                self._watch(handle, callback)  # calls back at once if done
+            outstanding = len(handles)
+            while True:
+                while done:
+                    handle = done.popleft()
+                    outstanding -= 1
+                    failure = await self._failure_of(handle)
+                    if failure is not None:
+                        handle._observed = True
+                        if raise_first:
+                            raise failure
+                        failed.add(handle.key)
+                if not outstanding:
+                    return failed
+                wakeup[0] = anyio.Event()  # nothing is done and unseen: wait for more
+                await wakeup[0].wait()
+        finally:
+            for handle, callback in callbacks:
+                self._unwatch(handle, callback)
 
     @overload
     async def scatter(  # type: ignore[overload-overlap]
