@@ -267,13 +267,16 @@ class DaskCore:
         # future's state, which the client's loop sets. (distributed.wait would do, but looks
         # up the default client, which may be another one, for every future.)
         state = future._state
-        while state is not None and future.status == "pending":
-            await state.wait()
-        batch = self._done.get(deliver)
-        if batch is None:
-            batch = self._done[deliver] = []
-            asyncio.get_running_loop().call_soon(self._hand_over, deliver)
-        batch.append(item)
+        assert state is not None, "a future made by this client has a state"
+        try:
+            while future.status == "pending":
+                await state.wait()
+        finally:  # also if this task is cancelled: the front then looks, and watches again
+            batch = self._done.get(deliver)
+            if batch is None:
+                batch = self._done[deliver] = []
+                asyncio.get_running_loop().call_soon(self._hand_over, deliver)
+            batch.append(item)
 
     def _hand_over(self, deliver: Callable[[list[Any]], object]) -> None:
         deliver(self._done.pop(deliver))

@@ -672,10 +672,14 @@ class DaskExecutor:
 
     def _settle_all(self, handles: list[TaskHandle[Any]]) -> None:
         for handle in handles:
-            self._settle(handle)
+            try:
+                self._settle(handle)
+            except Exception:  # a bug: log it, and still settle the rest of the batch
+                logger.exception("could not settle %r", handle)
 
     def _settle(self, handle: TaskHandle[Any]) -> None:
-        """On the front loop, after Dask's future changed state: tell the watchers if done."""
+        """On the front loop, once the core's watch of ``handle`` ended: tell the watchers
+        if it is done, else watch again."""
         handle._registered = False
         if handle.done():
             self._notify(handle)
