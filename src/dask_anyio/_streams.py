@@ -92,13 +92,6 @@ class AsCompleted(Generic[Y_co]):
             self._wakeup.set()
             self._wakeup = None
 
-    def _detach(self) -> None:
-        """Stop watching the handles not yielded yet."""
-        for handle, callback in self._waiting.values():
-            self._executor._unwatch(handle, callback)
-        self._waiting.clear()
-        self._ready.clear()
-
     def __aiter__(self) -> Self:
         return self
 
