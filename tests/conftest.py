@@ -122,8 +122,9 @@ def start_external_cluster(
     worker_args: list[str] | None = None,
 ) -> tuple[str, list[subprocess.Popen[bytes]]]:
     """Start ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, ports chosen by
-    the OS. Workers get SLOT=1 as a resource and the repository on their ``PYTHONPATH``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    the OS. Workers get SLOT=1 as a resource, and the repository and its ``src`` on their
+    ``PYTHONPATH``: they import the tests' task functions and this checkout's dask_anyio."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
     scheduler_file = tmp / "scheduler.json"
     scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     # --no-dashboard still starts the HTTP server (health, metrics): on port 8787 of every

@@ -81,6 +81,36 @@ def wait_for_number_event(number: int) -> int:
     return number
 
 
+def spin_until_cancelled(started: str, stopped: str) -> None:
+    """Tell ``started``, then compute until cancelled (checking with dask_anyio.checkpoint);
+    tell ``stopped`` on the way out."""
+    from dask_anyio import checkpoint
+
+    distributed.Event(started).set()
+    try:
+        while True:
+            checkpoint()
+    finally:
+        distributed.Event(stopped).set()
+
+
+async def wait_forever_reporting(port: int) -> None:
+    """A coroutine task: say "started" to 127.0.0.1:``port``, wait until cancelled, then say
+    "finally" from its finally block."""
+    import asyncio
+
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"started\n")
+    await writer.drain()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        writer.write(b"finally\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+
 def set_event(name: str) -> None:
     distributed.Event(name).set()
 

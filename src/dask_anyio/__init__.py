@@ -18,11 +18,14 @@ from ._handle import SchedulerLost as SchedulerLost
 from ._handle import TaskCancelled as TaskCancelled
 from ._handle import TaskHandle as TaskHandle
 from ._handle import TaskStatus as TaskStatus
+from ._remote import CancelledOnWorker as CancelledOnWorker
+from ._remote import checkpoint as checkpoint
 from ._streams import AsCompleted as AsCompleted
 from ._streams import ResultStream as ResultStream
 
 __all__ = [
     "AsCompleted",
+    "CancelledOnWorker",
     "DaskExecutor",
     "ExecutorStatistics",
     "ResultStream",
@@ -30,5 +33,6 @@ __all__ = [
     "TaskCancelled",
     "TaskHandle",
     "TaskStatus",
+    "checkpoint",
 ]
 __version__ = "0.1.0.dev0"

@@ -26,6 +26,9 @@ from dask.utils import apply, funcname, parse_timedelta
 from distributed.comm.core import CommClosedError
 from distributed.deploy.cluster import Cluster
 from distributed.security import Security
+from distributed.utils import iscoroutinefunction
+
+from ._remote import run_coroutine
 
 __all__ = ["DaskCore", "SubmitOptions"]
 
@@ -54,6 +57,18 @@ def _connect_timeout(timeout: float | str | None) -> float:
 
 _CLIENT_SUBMIT_PARAMETERS = frozenset(inspect.signature(distributed.Client.submit).parameters)
 _CLIENT_MAP_PARAMETERS = frozenset(inspect.signature(distributed.Client.map).parameters)
+
+
+def _new_key(
+    fn: Callable[..., Any],
+    options: SubmitOptions,
+    args: list[Any],
+    kwargs: Mapping[str, Any],
+    prefix: str | None = None,
+) -> str:
+    """The key Dask would give ``fn(*args, **kwargs)``: a token of the call if ``pure``."""
+    token = tokenize(fn, kwargs, *args) if options.get("pure") else uuid.uuid4()
+    return f"{prefix or funcname(fn)}-{token}"
 
 
 def _raise_if_unpicklable(error: Exception, parts: Iterable[tuple[str, Any]]) -> None:
@@ -296,15 +311,16 @@ class DaskCore:
         """
         args = list(args)
         try:
+            if iscoroutinefunction(fn):  # run so that cancelling the task cancels it there
+                key = options.get("key") or _new_key(fn, options, args, kwargs)
+                return self.client.submit(
+                    run_coroutine, key, fn, args, dict(kwargs), **{**options, "key": key}
+                )
             if _CLIENT_SUBMIT_PARAMETERS.isdisjoint(kwargs):
                 return self.client.submit(fn, *args, **options, **kwargs)
             # Keywords of the function named like Client.submit's own (key=, pure=, ...):
             # pass them inside a dict, where Dask still replaces futures by their values.
-            key = options.get("key") or (
-                f"{funcname(fn)}-{tokenize(fn, kwargs, *args)}"
-                if options.get("pure")
-                else f"{funcname(fn)}-{uuid.uuid4()}"
-            )
+            key = options.get("key") or _new_key(fn, options, args, kwargs)
             return self.client.submit(apply, fn, args, dict(kwargs), **{**options, "key": key})
         except Exception as exc:
             _raise_if_unpicklable(
@@ -327,21 +343,21 @@ class DaskCore:
         position of the first item, for error messages."""
         futures: list[distributed.Future[Any]]
         try:
-            if _CLIENT_MAP_PARAMETERS.isdisjoint(kwargs):
+            coroutine = iscoroutinefunction(fn)
+            if _CLIENT_MAP_PARAMETERS.isdisjoint(kwargs) and not coroutine:
                 futures = self.client.map(fn, *iterables, **options, **kwargs)
-            else:  # as in submit: keywords named like Client.map's own travel in a dict
+            else:  # as in submit: the function's keywords travel in a dict
                 rows = [list(row) for row in zip(*iterables, strict=False)]
-                prefix = options.get("key") or funcname(fn)
-                keys = [
-                    f"{prefix}-{tokenize(fn, kwargs, *row)}"
-                    if options.get("pure")
-                    else f"{prefix}-{uuid.uuid4()}"
-                    for row in rows
-                ]
+                prefix = options.get("key")
+                keys = [_new_key(fn, options, row, kwargs, prefix) for row in rows]
                 n = len(rows)
-                futures = self.client.map(
-                    apply, [fn] * n, rows, [dict(kwargs)] * n, **{**options, "key": keys}
-                )
+                options = {**options, "key": keys}
+                if coroutine:
+                    futures = self.client.map(
+                        run_coroutine, keys, [fn] * n, rows, [dict(kwargs)] * n, **options
+                    )
+                else:
+                    futures = self.client.map(apply, [fn] * n, rows, [dict(kwargs)] * n, **options)
         except Exception as exc:
             _raise_if_unpicklable(
                 exc,
