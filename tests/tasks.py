@@ -111,6 +111,16 @@ async def wait_forever_reporting(port: int) -> None:
         await writer.wait_closed()
 
 
+def spin_forever_reporting(port: int) -> None:
+    """Tell 127.0.0.1:``port`` this process's pid, then spin without ever checking in."""
+    import socket
+
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.sendall(b"%d\n" % os.getpid())
+    while True:
+        pass
+
+
 def set_event(name: str) -> None:
     distributed.Event(name).set()
 

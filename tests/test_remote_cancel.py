@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Any
@@ -11,10 +12,19 @@ import anyio.abc
 import distributed
 import pytest
 
-from dask_anyio import CancelledOnWorker, DaskExecutor, checkpoint
+from dask_anyio import CancelledOnWorker, DaskExecutor, checkpoint, kill_on_cancel
 
 from .conftest import ExternalCluster
-from .tasks import inc, spin_until_cancelled, wait_forever_reporting
+from .tasks import (
+    RemoteOnlyError,
+    inc,
+    make_bytes,
+    raise_remote_only,
+    spin_forever_reporting,
+    spin_until_cancelled,
+    wait_forever_reporting,
+)
+from .tasks import worker_pid as worker_pid_task
 
 pytestmark = pytest.mark.anyio
 
@@ -85,6 +95,45 @@ async def _accept(listener: Any) -> anyio.abc.SocketStream:
 
         tg.start_soon(listener.serve, take)
     return accepted[0]
+
+
+async def test_kill_on_cancel_stops_code_that_never_checks(
+    external_cluster: ExternalCluster,
+) -> None:
+    """`while True: pass` in kill_on_cancel's child: the child is killed when the caller's
+    scope is cancelled; the worker (same process) keeps serving, on the slot it freed."""
+    slot = {"resources": {"SLOT": 1}, "workers": [external_cluster.workers[0]]}
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+        DaskExecutor(external_cluster.address) as helper,
+    ):
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        worker_pid = await helper.retrieve(helper.submit(worker_pid_task, **slot))
+        with anyio.CancelScope() as scope:
+            async with DaskExecutor(external_cluster.address) as ex:
+                ex.submit(kill_on_cancel(spin_forever_reporting), port, **slot)
+                connection = await _accept(listener)
+                child_pid = int(await connection.receive())
+                assert child_pid != worker_pid
+                scope.cancel()
+        with anyio.fail_after(10):  # the child's end of the connection closes: it died
+            with pytest.raises(anyio.EndOfStream):
+                await connection.receive()
+        await connection.aclose()
+        with anyio.fail_after(10):  # the slot is free: the thread returned, the child reaped
+            assert await helper.retrieve(helper.submit(worker_pid_task, **slot)) == worker_pid
+        with pytest.raises(ProcessLookupError):
+            os.kill(child_pid, 0)  # gone, not a zombie
+
+
+async def test_kill_on_cancel_returns_values_and_raises_errors(
+    external_cluster: ExternalCluster,
+) -> None:
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.run(kill_on_cancel(inc), 1) == 2
+        assert await ex.run(kill_on_cancel(make_bytes), 3_000_000) == make_bytes(3_000_000)
+        with pytest.raises(RemoteOnlyError, match="remote only"):
+            await ex.run(kill_on_cancel(raise_remote_only), "remote only")
 
 
 def test_checkpoint_outside_a_task_does_nothing() -> None:

@@ -20,6 +20,7 @@ from ._handle import TaskHandle as TaskHandle
 from ._handle import TaskStatus as TaskStatus
 from ._remote import CancelledOnWorker as CancelledOnWorker
 from ._remote import checkpoint as checkpoint
+from ._remote import kill_on_cancel as kill_on_cancel
 from ._streams import AsCompleted as AsCompleted
 from ._streams import ResultStream as ResultStream
 
@@ -34,5 +35,6 @@ __all__ = [
     "TaskHandle",
     "TaskStatus",
     "checkpoint",
+    "kill_on_cancel",
 ]
 __version__ = "0.1.0.dev0"

@@ -15,6 +15,7 @@ state machine (``Worker.state.tasks[key].state``, written by the worker's event 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -154,3 +155,95 @@ async def run_coroutine(
     finally:
         if watch.callbacks.get(key) is stop:
             del watch.callbacks[key]
+
+
+# -- hard cancellation ----------------------------------------------------------------------
+
+#: How often a worker thread waiting for a child process looks at its task's state.
+_POLL = 0.02
+
+
+class kill_on_cancel:  # (lower case: used like a function, kill_on_cancel(fn))
+    """Wrap ``fn`` so that, as a task, it runs in a child process that is killed when the
+    task is cancelled: for code that cannot call :func:`checkpoint`.
+
+    ``await ex.run(kill_on_cancel(fn), *args)``, or ``ex.submit(kill_on_cancel(fn), ...)``:
+    the worker thread starts a new Python process (the worker itself is not touched), sends
+    it the call, and waits for the outcome, looking every 20 ms whether the task is still
+    wanted. If it is not, the child and everything it started are killed (``SIGKILL`` to its
+    process group), and the worker thread is free again.
+
+    Trade-offs: starting the child costs tens of milliseconds per call (a new interpreter
+    imports ``fn``'s modules), the arguments and the result are pickled once more, and a
+    killed call gets no chance to clean up (no ``finally``). POSIX only. In the child,
+    :func:`distributed.get_worker` and :func:`checkpoint` have no worker to talk to.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        if not callable(fn):
+            raise TypeError(f"kill_on_cancel() needs a callable, not {fn!r}")
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)  # Dask's key prefix
+        self.__doc__ = getattr(fn, "__doc__", None)
+
+    def __repr__(self) -> str:
+        return f"kill_on_cancel({self.fn!r})"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _run_in_child(self.fn, args, kwargs)
+
+
+def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    import os
+    import pickle
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    from ._child import frame
+
+    key = getattr(thread_state, "key", None)
+    state = _task_state(key) if key is not None else _ALWAYS_RUNNING
+    read_end, write_end = os.pipe()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "dask_anyio._child", str(write_end)],
+            stdin=subprocess.PIPE,
+            pass_fds=(write_end,),
+            start_new_session=True,  # its own process group: killed whole
+        )
+    except BaseException:
+        os.close(read_end)
+        os.close(write_end)
+        raise
+    os.close(write_end)
+    chunks: list[bytes] = []
+    try:
+        assert child.stdin is not None
+        with child.stdin:
+            child.stdin.write(frame(pickle.dumps(sys.path)))
+            child.stdin.write(frame(cloudpickle.dumps((fn, args, kwargs))))
+        while True:
+            if state is None or state.state not in _RUNNING:
+                raise CancelledOnWorker(f"task {key!r} was cancelled: its process is killed")
+            ready, _, _ = select.select([read_end], [], [], _POLL)
+            if ready:
+                chunk = os.read(read_end, 1 << 20)
+                if not chunk:  # the child is done (or died)
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    if not chunks:
+        raise RuntimeError(f"the process running {fn!r} died with exit status {child.returncode}")
+    kind, value = cloudpickle.loads(b"".join(chunks))
+    if kind == "error":
+        raise value
+    return value
