@@ -15,6 +15,6 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 # Names outside this package (the standard library, Dask, anyio) and type variables.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(collections\.abc|typing|types|os|distributed|anyio|trio|dask)\..*"),
+    (r"py:.*", r"(asyncio|collections\.abc|typing|types|os|distributed|anyio|trio|dask)\..*"),
     (r"py:.*", r"(Cluster|ExceptionGroup|_Stream|~?P|.*\.(T|T_co|K|C|Y)|typing\.~P)"),
 ]

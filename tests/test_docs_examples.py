@@ -68,6 +68,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         ("cancellation.py", {"seconds": 3}, "as expected: "),
         ("structured_exit.py", {"seconds": 3}, "raised at exit: (ValueError('nobody awaited"),
         ("chaining.py", {}, "{'all': 800000, 'even': 400000}\n"),
+        ("stopping.py", {}, f"{10 * sum(range(10_000))} 6\n"),
         ("streaming.py", {"n": 300}, "stored 300 records\n"),
     ],
 )

@@ -52,8 +52,8 @@ def checkpoint() -> None:
     cancelled, :meth:`TaskHandle.cancel`, an executor's exit...) or released. Outside a task
     (in the client, in tests) it does nothing.
 
-    It costs about a tenth of a microsecond: a loop may call it every few microseconds of
-    work. In a coroutine task, cancellation arrives as :exc:`asyncio.CancelledError` at the
+    It costs a few tenths of a microsecond (0.2 to 0.5 µs on the tests' workers): a loop may
+    call it every few microseconds of work. In a coroutine task, cancellation arrives as :exc:`asyncio.CancelledError` at the
     coroutine's next ``await`` instead.
     """
     key = getattr(thread_state, "key", None)
