@@ -29,6 +29,21 @@ def slow(value: int, delay: float) -> int:
     return value
 
 
+def nap(seconds: float) -> None:
+    """Sleep ``seconds`` in naps of 10 ms, checking in between: a cancelled call stops at
+    once. (On a worker without dask-anyio installed, it sleeps to the end.)"""
+    check: Callable[[], None] | None
+    try:
+        from dask_anyio import checkpoint as check
+    except ImportError:
+        check = None
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check is not None:
+            check()
+        time.sleep(0.01)
+
+
 def _task_keys(dask_scheduler: Any) -> list[str]:
     return sorted(str(key) for key in dask_scheduler.tasks)
 
@@ -109,13 +124,14 @@ async def demo(
             f"{time.monotonic() - started:.2f} s; sum of gather(handles) = "
             f"{sum(await ex.gather(handles))}"
         )
-        say("run(time.sleep, 60) inside move_on_after(1) ...")
+        say("run(nap, 60) inside move_on_after(1); nap calls dask_anyio.checkpoint() ...")
         started = time.monotonic()
         with anyio.move_on_after(1) as scope:
-            await ex.run(time.sleep, 60)
-        sleeping = [k for k in await _scheduler_keys(ex) if k.startswith("sleep-")]
+            await ex.run(nap, 60)
+        napping = [k for k in await _scheduler_keys(ex) if k.startswith("nap-")]
         say(
             f"... cancelled={scope.cancelled_caught} after {time.monotonic() - started:.2f} s; "
-            f"sleep tasks the scheduler still holds: {sleeping or 'none, it forgot the task'}"
+            f"nap tasks the scheduler still holds: {napping or 'none, it forgot the task'}; "
+            "the worker stopped it at its next checkpoint"
         )
     say("executor closed: keys released" + ("" if address else ", embedded cluster shut down"))

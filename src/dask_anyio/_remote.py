@@ -53,8 +53,8 @@ def checkpoint() -> None:
     (in the client, in tests) it does nothing.
 
     It costs a few tenths of a microsecond (0.2 to 0.5 µs on the tests' workers): a loop may
-    call it every few microseconds of work. In a coroutine task, cancellation arrives as :exc:`asyncio.CancelledError` at the
-    coroutine's next ``await`` instead.
+    call it every few microseconds of work. In a coroutine task, cancellation arrives as
+    :exc:`asyncio.CancelledError` at the coroutine's next ``await`` instead.
     """
     key = getattr(thread_state, "key", None)
     if key is None:  # not in a task
