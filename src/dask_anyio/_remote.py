@@ -28,7 +28,7 @@ from distributed import Reschedule, Worker, WorkerPlugin, get_worker
 #: ``cancelled``, or ``resumed`` if its key is wanted again as data from elsewhere.
 _RUNNING = frozenset({"executing", "long-running"})
 
-#: Per worker thread: the key of the task last checked and the worker's state of it.
+#: Per worker thread: the task last checked (key, start time) and the worker's state of it.
 _checked = threading.local()
 
 
@@ -59,10 +59,13 @@ def checkpoint() -> None:
     key = getattr(thread_state, "key", None)
     if key is None:  # not in a task
         return
-    checked: tuple[Any, Any] | None = getattr(_checked, "task", None)
-    if checked is None or checked[0] is not key:
-        checked = _checked.task = (key, _task_state(key))
-    state = checked[1]
+    # The worker sets key and start time around each run of a task: a task run again with
+    # the same key (after a reschedule) gets a new start time, and a new TaskState.
+    started = getattr(thread_state, "start_time", None)
+    checked: tuple[Any, Any, Any] | None = getattr(_checked, "task", None)
+    if checked is None or checked[0] is not key or checked[1] is not started:
+        checked = _checked.task = (key, started, _task_state(key))
+    state = checked[2]
     if state is None or state.state not in _RUNNING:
         raise CancelledOnWorker(f"task {key!r} was cancelled")
 
