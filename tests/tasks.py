@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,23 @@ def spin_forever_reporting(port: int) -> None:
     connection.sendall(b"%d\n" % os.getpid())
     while True:
         pass
+
+
+def start_sleeper() -> int:
+    """Start a process that sleeps for a minute, and return its pid without waiting."""
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]).pid
+
+
+def exit_process(status: int) -> None:
+    """End this process at once with ``status`` (no cleanup, no outcome)."""
+    os._exit(status)
+
+
+def signal_process(signum: int) -> None:
+    """Send this process the signal ``signum``."""
+    os.kill(os.getpid(), signum)
 
 
 def set_event(name: str) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
+import traceback
 import uuid
 from typing import Any
 
 import anyio
 import anyio.abc
 import distributed
+import psutil
 import pytest
 
 from dask_anyio import CancelledOnWorker, DaskExecutor, checkpoint, kill_on_cancel
@@ -17,11 +20,15 @@ from dask_anyio import CancelledOnWorker, DaskExecutor, checkpoint, kill_on_canc
 from .conftest import ExternalCluster
 from .tasks import (
     RemoteOnlyError,
+    add_async,
+    exit_process,
     inc,
     make_bytes,
     raise_remote_only,
+    signal_process,
     spin_forever_reporting,
     spin_until_cancelled,
+    start_sleeper,
     wait_forever_reporting,
 )
 from .tasks import worker_pid as worker_pid_task
@@ -131,6 +138,7 @@ async def test_kill_on_cancel_returns_values_and_raises_errors(
 ) -> None:
     async with DaskExecutor(external_cluster.address) as ex:
         assert await ex.run(kill_on_cancel(inc), 1) == 2
+        assert await ex.gather(ex.map(kill_on_cancel(inc), range(3))) == [1, 2, 3]
         assert await ex.run(kill_on_cancel(make_bytes), 3_000_000) == make_bytes(3_000_000)
         with pytest.raises(RemoteOnlyError, match="remote only"):
             await ex.run(kill_on_cancel(raise_remote_only), "remote only")
@@ -157,3 +165,56 @@ def _checkpoint_cost(n: int) -> float:
 
 def test_cancelled_on_worker_is_a_reschedule() -> None:
     assert issubclass(CancelledOnWorker, distributed.Reschedule)
+
+
+async def test_kill_on_cancel_error_keeps_the_child_traceback(
+    external_cluster: ExternalCluster,
+) -> None:
+    """The child's exception is raised with its traceback: the frame that raised is shown."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        with pytest.raises(RemoteOnlyError) as caught:
+            await ex.run(kill_on_cancel(raise_remote_only), "in the child")
+    frames = traceback.extract_tb(caught.value.__traceback__)
+    assert frames[-1].name == "raise_remote_only"
+    assert frames[-1].filename.endswith("tasks.py")
+
+
+async def test_kill_on_cancel_runs_coroutine_functions(external_cluster: ExternalCluster) -> None:
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.run(kill_on_cancel(add_async), 1, 2) == 3
+
+
+async def test_kill_on_cancel_reports_a_child_that_died(external_cluster: ExternalCluster) -> None:
+    """A child that exits without an outcome: the task fails naming the call and the exit
+    status; the worker is unaffected."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        with pytest.raises(RuntimeError, match=r"exit_process.* died with exit status 3"):
+            await ex.run(kill_on_cancel(exit_process), 3)
+        with pytest.raises(RuntimeError, match=r"signal_process.* was killed by SIGKILL"):
+            await ex.run(kill_on_cancel(signal_process), signal.SIGKILL)
+        assert await ex.run(inc, 1) == 2
+
+
+def test_kill_on_cancel_needs_a_callable() -> None:
+    with pytest.raises(TypeError, match="needs a callable"):
+        kill_on_cancel(42)  # type: ignore[arg-type]
+
+
+async def test_kill_on_cancel_ends_what_the_call_left_running(
+    external_cluster: ExternalCluster,
+) -> None:
+    """A process that the call started and left running ends with the call (its process
+    group is killed), once the call returned normally too."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        pid = await ex.run(kill_on_cancel(start_sleeper))
+    with anyio.fail_after(10):
+        while _alive(pid):  # noqa: ASYNC110 - another process's state: nothing to wait on
+            await anyio.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,7 +1,14 @@
-"""The child process of a :func:`dask_anyio.kill_on_cancel` call: ``python -m
-dask_anyio._child FD``. It reads the call from stdin (``sys.path`` first, pickled, then the
-function and its arguments, cloudpickled, each as a length-prefixed frame), runs it, and
-writes the outcome to file descriptor ``FD``: ``("ok", value)`` or ``("error", exception)``.
+"""The child process of a :func:`dask_anyio.kill_on_cancel` call, run by its path (``python
+.../_child.py FD``: importing the package would cost half a second). It reads the call from
+stdin (``sys.path`` first, then the function and its arguments, each pickled in a
+length-prefixed frame), runs it, and writes the outcome to file descriptor ``FD``:
+``("ok", value)`` or ``("error", exception)``, the exception with its traceback (and those of
+its causes), pickled by tblib as Dask does. A coroutine function's coroutine is run with
+:func:`asyncio.run`.
+
+Only what a call needs is imported: :mod:`pickle` loads cloudpickle by itself if the call
+was pickled by value, and cloudpickle and tblib are imported only to send back what
+:mod:`pickle` cannot.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import os
 import pickle
 import struct
 import sys
+import types
 from typing import Any, BinaryIO
 
 _LENGTH = struct.Struct("!Q")
@@ -30,22 +38,38 @@ def frame(data: bytes) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
+def _dumps(outcome: tuple[str, Any]) -> bytes:
+    try:
+        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle  # (a lambda, a class defined in the function...)
+
+        return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def main() -> None:
     result_fd = int(sys.argv[1])
+    os.set_inheritable(result_fd, False)  # (a process the call starts must not hold it open)
     stdin = sys.stdin.buffer
     sys.path[:] = pickle.loads(read_frame(stdin))  # before the function's modules load
-    import cloudpickle
-
-    fn, args, kwargs = cloudpickle.loads(read_frame(stdin))
+    fn, args, kwargs = pickle.loads(read_frame(stdin))
     outcome: tuple[str, Any]
     try:
-        outcome = ("ok", fn(*args, **kwargs))
+        value = fn(*args, **kwargs)
+        if isinstance(value, types.CoroutineType):
+            import asyncio
+
+            value = asyncio.run(value)
+        outcome = ("ok", value)
     except BaseException as error:  # reported to the worker, as Dask does
+        import tblib.pickling_support
+
+        tblib.pickling_support.install(error)  # its traceback travels with it
         outcome = ("error", error)
     try:
-        data = cloudpickle.dumps(outcome)
+        data = _dumps(outcome)
     except Exception as error:  # an unpicklable value or exception
-        data = cloudpickle.dumps(("error", TypeError(f"cannot send the outcome back: {error}")))
+        data = _dumps(("error", TypeError(f"cannot send the outcome back: {error}")))
     with os.fdopen(result_fd, "wb") as out:
         out.write(data)
 
