@@ -163,3 +163,29 @@ def test_a_report_is_written_again_from_its_data(
     assert "| map throughput (10) | tasks/s |" in (tmp_path / "results.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["summary"]["1.1"]
     assert charts == [tmp_path / "results.png"]
+
+
+def test_stop_rows_show_what_runs_on_and_the_200_ms_target() -> None:
+    """A coroutine that the raw client cannot stop shows as running on (no ratio), and the
+    dask-anyio contenders' stop times are held to the 200 ms p95 target."""
+    runs: dict[str, Any] = {
+        "raw-asyncio": [
+            {"stop_coroutine:2": {"runs_on": True}, "stop_checkpoint:2": {"stopped": [0.02]}}
+        ],
+        "dask-anyio-trio": [
+            {
+                "stop_coroutine:2": {"stopped": [0.003, 0.004]},
+                "stop_checkpoint:2": {"stopped": [0.01, 0.3]},
+            }
+        ],
+    }
+    data = _data(runs)
+    row = data["summary"]["1.1"]["stop: coroutine (2)"]["contenders"]
+    assert "ratio" not in row["raw-asyncio"]
+    assert "ratio" not in row["dask-anyio-trio"]  # nothing to compare with
+    text = report.markdown(data)
+    assert "runs on (not stopped)" in text
+    assert "| stop: coroutine (2) | dask-anyio-trio | <= 200 ms (p95) | 4.0 ms | yes |" in text
+    assert "| stop: checkpoint() (2) | dask-anyio-trio | <= 200 ms (p95) | 285.5 ms | **no** |" in (
+        text
+    )

@@ -42,6 +42,9 @@ class Session:
 
     #: Whether cancelling the caller of ``cancellable_run`` cancels the remote task.
     cancels_remote_work = True
+    #: Whether that also cancels a coroutine function's coroutine running on the worker
+    #: (Dask runs it in the worker's own task, which nothing cancels).
+    stops_coroutines = False
     #: How many calls can be in flight at once.
     max_in_flight: float = math.inf
 
@@ -133,6 +136,8 @@ async def raw_asyncio(address: str) -> AsyncIterator[Session]:
 class ExecutorSession(Session):
     """dask-anyio: every unit has an executor of its own, for a handle keeps its key until
     its executor exits (that exit, which confirms the keys were forgotten, is untimed)."""
+
+    stops_coroutines = True
 
     def __init__(self, address: str, executor: Any = None) -> None:
         self.address = address

@@ -51,6 +51,9 @@ class Plan:
     cancellations: int = 50
     storm: int = 10_000
     pending: int = 100_000
+    #: Samples of each stop workload (a task running on a worker, its caller cancelled).
+    stops: int = 20
+    kill_trips: int = 30
     large_result: int = 100 * MIB
     workers: int = 1
     threads: int = 2
@@ -71,6 +74,10 @@ class Plan:
             ("fan_in", self.fan_in),
             ("cancel_latency", self.cancellations),
             ("cancel_storm", self.storm),
+            ("stop_checkpoint", self.stops),
+            ("stop_coroutine", self.stops),
+            ("stop_killed", self.stops),
+            ("kill_on_cancel_trip", self.kill_trips),
         ]
         if repetition == 0:
             work += [("memory_per_pending", self.pending), ("large_result", self.large_result)]
@@ -86,6 +93,10 @@ WORKLOADS = (
     "fan_in",
     "cancel_latency",
     "cancel_storm",
+    "stop_checkpoint",
+    "stop_coroutine",
+    "stop_killed",
+    "kill_on_cancel_trip",
     "memory_per_pending",
     "large_result",
 )
@@ -101,6 +112,8 @@ QUICK = Plan(
     cancellations=5,
     storm=500,
     pending=2_000,
+    stops=3,
+    kill_trips=5,
     large_result=16 * MIB,
     process_timeout=120,
 )

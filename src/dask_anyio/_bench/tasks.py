@@ -57,6 +57,60 @@ def payload(nbytes: int) -> bytes:
     return bytes(nbytes)
 
 
+#: Stop workloads, on the worker: when each target (by name) started, and when it stopped.
+STARTED: dict[str, float] = {}
+STOPPED: dict[str, float] = {}
+#: A target that is not stopped ends on its own after this many seconds.
+STOP_CAP = 30.0
+
+
+def bench_stop_checking(name: str) -> None:
+    """Computes, calling dask_anyio.checkpoint() between steps, until it is cancelled."""
+    from dask_anyio import checkpoint
+
+    STARTED[name] = time.time()
+    try:
+        deadline = time.monotonic() + STOP_CAP
+        while time.monotonic() < deadline:
+            checkpoint()
+    finally:
+        STOPPED[name] = time.time()
+
+
+async def bench_stop_awaiting(name: str) -> None:
+    """A coroutine that waits until it is cancelled."""
+    import asyncio
+
+    STARTED[name] = time.time()
+    try:
+        await asyncio.sleep(STOP_CAP)
+    finally:
+        STOPPED[name] = time.time()
+
+
+def _spin(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+
+
+def bench_stop_killed(name: str) -> None:
+    """Spins in a kill_on_cancel child, never checking in; the worker thread's call
+    returns once the child is killed."""
+    from dask_anyio import kill_on_cancel
+
+    STARTED[name] = time.time()
+    try:
+        kill_on_cancel(_spin)(STOP_CAP)
+    finally:
+        STOPPED[name] = time.time()
+
+
+def stop_times(name: str) -> tuple[float | None, float | None]:
+    """On a worker (``Client.run``): when the target ``name`` started and stopped there."""
+    return STARTED.get(name), STOPPED.get(name)
+
+
 class ForgetClock(SchedulerPlugin):
     """Records, at the scheduler's transition hook, when each cancel target was forgotten."""
 

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import gc
 import json
+import math
+import statistics
 import sys
 import time
 import traceback
 import tracemalloc
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -63,6 +66,28 @@ class Observer:
             while not done(value := await self.on_scheduler(fn, *args)):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
         return value
+
+    async def on_workers(self, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
+        values: dict[str, Any] = await anyio.to_thread.run_sync(
+            lambda: self.client.run(fn, *args), limiter=self.limiter
+        )
+        return values
+
+    async def stop_times(self, name: str, *, stopped: bool) -> tuple[float, float] | None:
+        """When the stop target ``name`` started and stopped on its worker, polled every
+        20 ms for up to ``STOP_CAP`` s until it started (or, with ``stopped``, stopped)."""
+        times: tuple[float | None, float | None] | None = None
+        with anyio.move_on_after(tasks.STOP_CAP + 5):
+            while True:
+                for found in (await self.on_workers(tasks.stop_times, name)).values():
+                    if found[0] is not None:
+                        times = found
+                if times is not None and (not stopped or times[1] is not None):
+                    break
+                await anyio.sleep(0.02)
+        if times is None or (stopped and times[1] is None):
+            return None
+        return times[0], times[1] or math.nan
 
     async def wait_held(self, n: int) -> int:
         """Until the scheduler holds ``n`` cancel targets; return how many it holds (fewer
@@ -223,6 +248,79 @@ async def cancel_storm(session: Session, observer: Observer, n: int) -> dict[str
     return result
 
 
+#: Stop workloads: the task function of each kind of running task, and whether a contender
+#: whose remote cancellation reaches the worker stops it (a coroutine is only stopped when
+#: submitted through dask-anyio, which runs it in a task of its own on the worker).
+STOP_TARGETS: dict[str, Callable[[str], Any]] = {
+    "stop_checkpoint": tasks.bench_stop_checking,
+    "stop_coroutine": tasks.bench_stop_awaiting,
+    "stop_killed": tasks.bench_stop_killed,
+}
+
+
+async def stop_running(session: Session, observer: Observer, kind: str, n: int) -> dict[str, Any]:
+    """``n`` times: a run of a task that is running on its worker, its caller's scope
+    cancelled; from the scope's cancel() to the end of the task function on the worker
+    (wall clocks of one machine). The task is a ``kind`` of :data:`STOP_TARGETS`."""
+    if not session.cancels_remote_work:
+        return {"abandons": True}
+    if kind == "stop_coroutine" and not session.stops_coroutines:
+        return {"runs_on": True}
+    target = STOP_TARGETS[kind]
+    stopped: list[float] = []
+    for _ in range(n):
+        name = str(uuid.uuid4())
+        async with session.unit() as s, anyio.create_task_group() as tg:
+            tg.start_soon(s.cancellable_run, target, name)
+            if await observer.stop_times(name, stopped=False) is None:
+                raise RuntimeError(f"the {kind} target did not start")
+            asked = time.time()
+            tg.cancel_scope.cancel()
+        times = await observer.stop_times(name, stopped=True)
+        if times is None:
+            raise RuntimeError(f"the {kind} target did not stop within {tasks.STOP_CAP:g} s")
+        stopped.append(times[1] - asked)
+        await observer.settle()
+    return {"stopped": stopped}
+
+
+async def stop_checkpoint(session: Session, observer: Observer, n: int) -> dict[str, Any]:
+    return await stop_running(session, observer, "stop_checkpoint", n)
+
+
+async def stop_coroutine(session: Session, observer: Observer, n: int) -> dict[str, Any]:
+    return await stop_running(session, observer, "stop_coroutine", n)
+
+
+async def stop_killed(session: Session, observer: Observer, n: int) -> dict[str, Any]:
+    return await stop_running(session, observer, "stop_killed", n)
+
+
+async def kill_on_cancel_trip(session: Session, n: int) -> dict[str, Any]:
+    """Sequential round trips of a plain call and of two calls in a kill_on_cancel child,
+    interleaved: of a builtin function (the child imports nothing for it: the fixed cost)
+    and of :func:`~dask_anyio._bench.tasks.trip`, whose module imports distributed (as
+    much task code does). The overheads are differences of medians."""
+    from dask_anyio import kill_on_cancel
+
+    calls = {"plain": trip, "samples": kill_on_cancel(abs), "heavy": kill_on_cancel(trip)}
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    async with session.unit() as s:
+        for fn in calls.values():
+            await s.run(fn, -1)  # (the first of each, untimed)
+        for i in range(n):
+            for name, fn in calls.items():
+                start = time.perf_counter()
+                await s.run(fn, i)
+                samples[name].append(time.perf_counter() - start)
+    plain = statistics.median(samples["plain"])
+    return {
+        **samples,
+        "overhead": statistics.median(samples["samples"]) - plain,
+        "overhead_heavy": statistics.median(samples["heavy"]) - plain,
+    }
+
+
 async def memory_per_pending(session: Session, observer: Observer, n: int) -> dict[str, Any]:
     """Bytes of this process's heap (tracemalloc) per pending task the client holds. The
     tasks need a resource no worker has, each on its own: ``n`` dependents of one task
@@ -303,11 +401,15 @@ PLAIN: dict[str, Callable[[Session, int], Awaitable[dict[str, Any]]]] = {
     "chain": chain,
     "fan_in": fan_in,
     "large_result": large_result,
+    "kill_on_cancel_trip": kill_on_cancel_trip,
 }
 WITH_OBSERVER: dict[str, Callable[[Session, Observer, int], Awaitable[dict[str, Any]]]] = {
     "cancel_latency": cancel_latency,
     "cancel_storm": cancel_storm,
     "memory_per_pending": memory_per_pending,
+    "stop_checkpoint": stop_checkpoint,
+    "stop_coroutine": stop_coroutine,
+    "stop_killed": stop_killed,
 }
 
 
