@@ -129,6 +129,32 @@ def start_sleeper() -> int:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]).pid
 
 
+def write_at_exit(path: str) -> None:
+    """Have ``path`` written by an atexit handler of this process."""
+    import atexit
+
+    def write() -> None:
+        with open(path, "w") as file:
+            file.write("ran at exit")
+
+    atexit.register(write)
+
+
+def checkpoint_as(key: str, *, actor: bool) -> str:
+    """Call dask_anyio.checkpoint() in this task's thread as if it ran ``key`` (as an
+    actor's method, with ``actor``); say whether it raised."""
+    from distributed.utils import set_thread_state
+
+    from dask_anyio import CancelledOnWorker, checkpoint
+
+    with set_thread_state(key=key, actor=actor):
+        try:
+            checkpoint()
+        except CancelledOnWorker:
+            return "raised"
+    return "returned"
+
+
 def exit_process(status: int) -> None:
     """End this process at once with ``status`` (no cleanup, no outcome)."""
     os._exit(status)

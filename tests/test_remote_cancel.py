@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import traceback
 import uuid
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,10 +19,11 @@ import pytest
 
 from dask_anyio import CancelledOnWorker, DaskExecutor, checkpoint, kill_on_cancel
 
-from .conftest import ExternalCluster
+from .conftest import ExternalCluster, start_external_cluster, stop_processes
 from .tasks import (
     RemoteOnlyError,
     add_async,
+    checkpoint_as,
     exit_process,
     inc,
     make_bytes,
@@ -30,6 +33,7 @@ from .tasks import (
     spin_until_cancelled,
     start_sleeper,
     wait_forever_reporting,
+    write_at_exit,
 )
 from .tasks import worker_pid as worker_pid_task
 
@@ -64,6 +68,10 @@ async def test_a_cooperative_task_stops_and_frees_its_slot(
         # the slot (one per worker) is free: a new task gets it
         with anyio.fail_after(10):
             assert await helper.retrieve(helper.submit(inc, 1, **slot)) == 2
+        # and the worker took the stop for what it is, not for the task's failure
+        logs = await helper.call_client(lambda client: client.get_worker_logs())
+        failed = [m for log in logs.values() for _, m in log if "spin_until_cancelled" in m]
+        assert not failed, failed
     print(f"stopped {elapsed * 1000:.0f} ms after the cancellation")
 
 
@@ -218,3 +226,84 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+async def test_kill_on_cancel_lets_the_child_exit_as_a_process_does(
+    external_cluster: ExternalCluster, tmp_path: Path
+) -> None:
+    """A call that returns is not cut short: its process exits by itself (atexit handlers
+    run, buffers are flushed) before the task ends."""
+    path = tmp_path / "at-exit"
+    async with DaskExecutor(external_cluster.address) as ex:
+        await ex.run(kill_on_cancel(write_at_exit), str(path))
+    assert path.read_text() == "ran at exit"
+
+
+async def test_kill_on_cancel_turns_an_exit_into_an_error(
+    external_cluster: ExternalCluster,
+) -> None:
+    """sys.exit() in the call would end the worker if raised there: it is a task error
+    that names it, and the worker serves on."""
+    slot = {"resources": {"SLOT": 1}, "workers": [external_cluster.workers[0]]}
+    async with DaskExecutor(external_cluster.address) as ex:
+        worker_pid = await ex.retrieve(ex.submit(worker_pid_task, **slot))
+        with pytest.raises(RuntimeError, match=r"raised SystemExit\(3\) in its process"):
+            await ex.retrieve(ex.submit(kill_on_cancel(sys.exit), 3, **slot))
+        assert await ex.retrieve(ex.submit(worker_pid_task, **slot)) == worker_pid
+
+
+async def test_kill_on_cancel_sends_large_arguments(external_cluster: ExternalCluster) -> None:
+    """Arguments far larger than a pipe's buffer reach the child."""
+    data = make_bytes(3_000_000)
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.run(kill_on_cancel(len), data) == len(data)
+
+
+async def test_kill_on_cancel_children_end_with_their_worker(tmp_path: Path) -> None:
+    """If the worker process dies (here: SIGKILL), the child it was running a call in
+    ends too, with what it started: it reads the end of its lifeline."""
+    address, procs = start_external_cluster(tmp_path, n_workers=1, nthreads=1)
+    try:
+        async with (
+            await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+            DaskExecutor(address) as ex,
+        ):
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            worker_pid = await ex.run(worker_pid_task)
+            handle = ex.submit(kill_on_cancel(spin_forever_reporting), port)
+            connection = await _accept(listener)
+            child_pid = int(await connection.receive())
+            os.kill(worker_pid, signal.SIGKILL)
+            handle.cancel()  # (or Dask runs it again on the worker its nanny restarts)
+            with anyio.fail_after(10):  # the child's end of the connection closes: it died
+                with pytest.raises(anyio.EndOfStream):
+                    await connection.receive()
+            await connection.aclose()
+            with anyio.fail_after(10):
+                while _alive(child_pid):  # noqa: ASYNC110 - another process's state
+                    await anyio.sleep(0.01)
+    finally:
+        stop_processes(procs)
+
+
+async def test_coroutine_tasks_keep_dask_keys(external_cluster: ExternalCluster) -> None:
+    """A coroutine function submitted with key= keeps that key, pure=True gives equal calls
+    one key, and map runs coroutine functions too."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        key = f"mine-{uuid.uuid4()}"
+        handle = ex.submit(add_async, 1, 2, key=key)
+        assert handle.key == key
+        assert await ex.retrieve(handle) == 3
+        one, two = ex.submit(add_async, 5, 6, pure=True), ex.submit(add_async, 5, 6, pure=True)
+        assert one.key == two.key
+        assert await ex.gather(ex.map(add_async, [1, 2], [10, 20])) == [11, 22]
+
+
+async def test_checkpoint_in_an_actor_method_does_nothing(
+    external_cluster: ExternalCluster,
+) -> None:
+    """An actor's method runs with the actor's key, which is not a running task: checkpoint()
+    must not take it for a cancelled one (a key that is not running does raise)."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.run(checkpoint_as, f"gone-{uuid.uuid4()}", actor=True) == "returned"
+        assert await ex.run(checkpoint_as, f"gone-{uuid.uuid4()}", actor=False) == "raised"

@@ -6,6 +6,9 @@ length-prefixed frame), runs it, and writes the outcome to file descriptor ``FD`
 its causes), pickled by tblib as Dask does. A coroutine function's coroutine is run with
 :func:`asyncio.run`.
 
+The rest of stdin is the child's lifeline: the worker closes it once the call is over, or by
+dying, and the child then kills its own process group. The call itself gets an empty stdin.
+
 Only what a call needs is imported: :mod:`pickle` loads cloudpickle by itself if the call
 was pickled by value, and cloudpickle and tblib are imported only to send back what
 :mod:`pickle` cannot.
@@ -34,8 +37,19 @@ def read_frame(stream: BinaryIO) -> bytes:
     return data
 
 
-def frame(data: bytes) -> bytes:
-    return _LENGTH.pack(len(data)) + data
+def header(data: bytes) -> bytes:
+    """What precedes ``data`` in its frame."""
+    return _LENGTH.pack(len(data))
+
+
+def _lifeline(fd: int) -> None:
+    """Wait until the worker closes its end of the pipe ``fd`` (it does so once the call is
+    over, or by dying), then kill this process's group: nothing of the call outlives it."""
+    while os.read(fd, 1 << 16):
+        pass
+    import signal
+
+    os.killpg(0, signal.SIGKILL)
 
 
 def _dumps(outcome: tuple[str, Any]) -> bytes:
@@ -53,6 +67,14 @@ def main() -> None:
     stdin = sys.stdin.buffer
     sys.path[:] = pickle.loads(read_frame(stdin))  # before the function's modules load
     fn, args, kwargs = pickle.loads(read_frame(stdin))
+    # The rest of stdin is the lifeline; the call gets an empty stdin, as a task has.
+    lifeline = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    import threading
+
+    threading.Thread(target=_lifeline, args=(lifeline,), daemon=True).start()
     outcome: tuple[str, Any]
     try:
         value = fn(*args, **kwargs)

@@ -23,6 +23,7 @@ from typing import Any
 
 from dask.context import thread_state
 from distributed import Reschedule, Worker, WorkerPlugin, get_worker
+from distributed.core import Status
 
 #: States of a task that its worker still wants to run. A cancelled running task is
 #: ``cancelled``, or ``resumed`` if its key is wanted again as data from elsewhere.
@@ -53,8 +54,10 @@ def checkpoint() -> None:
     (in the client, in tests) it does nothing.
 
     It costs a few tenths of a microsecond (0.2 to 0.5 µs on the tests' workers): a loop may
-    call it every few microseconds of work. In a coroutine task, cancellation arrives as
-    :exc:`asyncio.CancelledError` at the coroutine's next ``await`` instead.
+    call it every few microseconds of work. It looks at the task of the calling thread: in
+    a thread that the task started itself, it does nothing. In a coroutine task,
+    cancellation arrives as :exc:`asyncio.CancelledError` at the coroutine's next ``await``
+    instead.
     """
     key = getattr(thread_state, "key", None)
     if key is None:  # not in a task
@@ -72,6 +75,8 @@ def checkpoint() -> None:
 
 def _task_state(key: Any) -> Any:
     """The worker's ``TaskState`` of ``key``, or ``None`` if the worker has let go of it."""
+    if getattr(thread_state, "actor", False):  # an actor's method: not a task, never cancelled
+        return _ALWAYS_RUNNING
     try:
         worker = get_worker()
     except ValueError:  # a thread that is not a worker's: a task of a local scheduler
@@ -97,7 +102,8 @@ class _CancelWatch(WorkerPlugin):
 
     def __init__(self) -> None:
         self.callbacks: dict[Any, Callable[[], object]] = {}
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()  # set once installed, or once that failed
+        self.error: BaseException | None = None
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
         callback = self.callbacks.get(key)
@@ -115,9 +121,16 @@ async def _cancel_watch(worker: Worker) -> _CancelWatch:
         watch = _watches[worker] = _CancelWatch()
         try:
             await worker.plugin_add(watch, name=_CancelWatch.name, catch_errors=False)
+        except BaseException as error:  # the tasks waiting fail; a later one tries again
+            watch.error = error
+            if _watches.get(worker) is watch:
+                del _watches[worker]
+            raise
         finally:
             watch.ready.set()
     await watch.ready.wait()
+    if watch.error is not None:
+        raise RuntimeError("dask-anyio could not watch this worker's tasks") from watch.error
     return watch
 
 
@@ -164,6 +177,8 @@ async def run_coroutine(
 
 #: How often a worker thread waiting for a child process looks at its task's state.
 _POLL = 0.02
+#: Statuses of a worker that will not take the result of a running task.
+_CLOSING = frozenset({Status.closing, Status.closed, Status.failed})
 
 
 class kill_on_cancel:  # (lower case: used like a function, kill_on_cancel(fn))
@@ -173,15 +188,17 @@ class kill_on_cancel:  # (lower case: used like a function, kill_on_cancel(fn))
     ``await ex.run(kill_on_cancel(fn), *args)``, or ``ex.submit(kill_on_cancel(fn), ...)``:
     the worker thread starts a new Python process (the worker itself is not touched), sends
     it the call, and waits for the outcome, looking every 20 ms whether the task is still
-    wanted. If it is not, the child and everything it started are killed (``SIGKILL`` to its
-    process group), and the worker thread is free again.
+    wanted. If it is not, or if the worker closes, the child and the processes it started
+    are killed (``SIGKILL`` to its process group), and the worker thread is free again. If
+    the worker process dies, the child kills its group itself.
 
     The child's return value comes back as the task's result; its exception is raised on
     the worker with the child's traceback (as a plain task's would be). A coroutine
     function runs in the child under :func:`asyncio.run`.
 
     Processes that the call started in its process group end with it, also when it
-    returns.
+    returns (after the child exits by itself: its ``atexit`` handlers run). ``sys.exit()``
+    in the call is a :exc:`RuntimeError` of the task, not the worker's exit.
 
     Trade-offs: each call starts a new interpreter, which imports ``fn``'s modules: about
     30-40 ms more than a plain task for a builtin, about half a second more when the modules
@@ -228,6 +245,14 @@ def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
 
     key = getattr(thread_state, "key", None)
     state = _task_state(key) if key is not None else _ALWAYS_RUNNING
+    worker = _worker_or_none()
+
+    def check() -> None:
+        if state is None or state.state not in _RUNNING:
+            raise CancelledOnWorker(f"task {key!r} was cancelled: its process is killed")
+        if worker is not None and worker.status in _CLOSING:
+            raise CancelledOnWorker(f"the worker is closing: the process of {key!r} is killed")
+
     read_end, write_end = os.pipe()
     try:
         child = subprocess.Popen(
@@ -242,28 +267,38 @@ def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         os.close(write_end)
         raise
     os.close(write_end)
+    assert child.stdin is not None
     chunks: list[bytes] = []
     try:
-        assert child.stdin is not None
-        call = _child.frame(pickle.dumps(sys.path)) + _child.frame(
-            cloudpickle.dumps((fn, args, kwargs))
-        )
-        # (if it died, its exit status tells below)
-        with contextlib.suppress(BrokenPipeError), child.stdin:
-            child.stdin.write(call)
+        # The call, then stdin stays open: the child's lifeline. If this process dies, the
+        # child reads the end of its stdin and kills its process group.
+        with contextlib.suppress(BrokenPipeError):  # it died: its exit status tells, below
+            for part in (pickle.dumps(sys.path), cloudpickle.dumps((fn, args, kwargs))):
+                child.stdin.write(_child.header(part))
+                child.stdin.write(part)
+            child.stdin.flush()
+        outcome = select.poll()
+        outcome.register(read_end, select.POLLIN)
         while True:
-            if state is None or state.state not in _RUNNING:
-                raise CancelledOnWorker(f"task {key!r} was cancelled: its process is killed")
-            ready, _, _ = select.select([read_end], [], [], _POLL)
-            if ready:
+            check()
+            if outcome.poll(_POLL * 1000):
                 chunk = os.read(read_end, 1 << 20)
-                if not chunk:  # the child is done (or died)
+                if not chunk:  # the child closed it: the outcome is in, or it died
                     break
                 chunks.append(chunk)
+        while True:  # let it exit as a process does (buffers flushed, atexit handlers run)
+            check()
+            try:
+                child.wait(_POLL)
+                break
+            except subprocess.TimeoutExpired:
+                pass
     finally:
         os.close(read_end)
+        with contextlib.suppress(OSError):
+            child.stdin.close()
         # The call's processes end with it: the child if it runs on, and whatever it
-        # started in its session. (Not reaped yet, the child's pid still names its group.)
+        # started in its group (whose id is not reused while the group has members).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
         child.wait()
@@ -276,6 +311,16 @@ def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         )
         raise RuntimeError(f"the process running {fn!r} {how}, without an outcome")
     kind, value = pickle.loads(b"".join(chunks))
-    if kind == "error":
-        raise value
-    return value
+    if kind == "ok":
+        return value
+    if isinstance(value, SystemExit | KeyboardInterrupt):  # would end the worker
+        message = f"{fn!r} raised {value!r} in its process"
+        raise RuntimeError(message) from value  # noqa: TRY004 - the call's outcome, not a type
+    raise value
+
+
+def _worker_or_none() -> Worker | None:
+    try:
+        return get_worker()
+    except ValueError:
+        return None
