@@ -186,7 +186,7 @@ def markdown(data: dict[str, Any]) -> str:
         "*forgotten* rows, timed on the scheduler, compare like for like. *abandons*: the way "
         "leaves the scope at once and its remote task runs on; there is nothing to compare.",
         "*stop* rows: from the scope's cancel to the end of the task function already running "
-        "on the worker (wall clocks of one machine); checkpoint() and kill_on_cancel are "
+        "on the worker (one monotonic clock for the machine); checkpoint() and kill_on_cancel are "
         "dask-anyio's, used by every contender. *runs on (not stopped)*: the remote task is "
         "cancelled, but Dask runs a coroutine function in the worker's own task, which nothing "
         "cancels. *kill_on_cancel overhead*: its round trip minus a plain one, beside it, for a "

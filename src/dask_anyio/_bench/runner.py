@@ -112,8 +112,8 @@ QUICK = Plan(
     cancellations=5,
     storm=500,
     pending=2_000,
-    stops=3,
-    kill_trips=5,
+    stops=2,
+    kill_trips=2,
     large_result=16 * MIB,
     process_timeout=120,
 )

@@ -57,7 +57,8 @@ def payload(nbytes: int) -> bytes:
     return bytes(nbytes)
 
 
-#: Stop workloads, on the worker: when each target (by name) started, and when it stopped.
+#: Stop workloads, on the worker: when each target (by name) started, and when it stopped
+#: (``time.monotonic()``: one clock for every process of the machine, on Linux).
 STARTED: dict[str, float] = {}
 STOPPED: dict[str, float] = {}
 #: A target that is not stopped ends on its own after this many seconds.
@@ -68,46 +69,52 @@ def bench_stop_checking(name: str) -> None:
     """Computes, calling dask_anyio.checkpoint() between steps, until it is cancelled."""
     from dask_anyio import checkpoint
 
-    STARTED[name] = time.time()
+    STARTED[name] = time.monotonic()
     try:
         deadline = time.monotonic() + STOP_CAP
         while time.monotonic() < deadline:
             checkpoint()
     finally:
-        STOPPED[name] = time.time()
+        STOPPED[name] = time.monotonic()
 
 
 async def bench_stop_awaiting(name: str) -> None:
     """A coroutine that waits until it is cancelled."""
     import asyncio
 
-    STARTED[name] = time.time()
+    STARTED[name] = time.monotonic()
     try:
         await asyncio.sleep(STOP_CAP)
     finally:
-        STOPPED[name] = time.time()
+        STOPPED[name] = time.monotonic()
 
 
-def _spin(seconds: float) -> None:
+def bench_stop_killed(name: str, marker: str) -> None:
+    """Spins in a kill_on_cancel child that never checks in; the worker thread's call
+    returns once the child is killed. It counts as started once the child spins (it
+    creates the file ``marker``)."""
+    from dask_anyio import kill_on_cancel
+
+    try:
+        kill_on_cancel(_spin)(STOP_CAP, marker)
+    finally:
+        STOPPED[name] = time.monotonic()
+
+
+def _spin(seconds: float, marker: str) -> None:
+    """In the child: say so (the file ``marker``), then spin for ``seconds``."""
     deadline = time.monotonic() + seconds
+    with open(marker, "x"):
+        pass
     while time.monotonic() < deadline:
         pass
 
 
-def bench_stop_killed(name: str) -> None:
-    """Spins in a kill_on_cancel child, never checking in; the worker thread's call
-    returns once the child is killed."""
-    from dask_anyio import kill_on_cancel
-
-    STARTED[name] = time.time()
-    try:
-        kill_on_cancel(_spin)(STOP_CAP)
-    finally:
-        STOPPED[name] = time.time()
-
-
-def stop_times(name: str) -> tuple[float | None, float | None]:
-    """On a worker (``Client.run``): when the target ``name`` started and stopped there."""
+def stop_times(name: str, marker: str | None = None) -> tuple[float | None, float | None]:
+    """On a worker (``Client.run``): when the target ``name`` started and stopped there.
+    With ``marker``, it started once that file exists (its time is then when this looked)."""
+    if marker is not None and name not in STARTED and os.path.exists(marker):
+        STARTED[name] = time.monotonic()
     return STARTED.get(name), STOPPED.get(name)
 
 
