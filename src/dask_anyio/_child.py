@@ -58,7 +58,8 @@ def _dumps(outcome: tuple[str, Any]) -> bytes:
     except Exception:
         import cloudpickle  # (a lambda, a class defined in the function...)
 
-        return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        data: bytes = cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        return data
 
 
 def main() -> None:

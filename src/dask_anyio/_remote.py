@@ -19,11 +19,14 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from dask.context import thread_state
 from distributed import Reschedule, Worker, WorkerPlugin, get_worker
 from distributed.core import Status
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: States of a task that its worker still wants to run. A cancelled running task is
 #: ``cancelled``, or ``resumed`` if its key is wanted again as data from elsewhere.
@@ -181,7 +184,7 @@ _POLL = 0.02
 _CLOSING = frozenset({Status.closing, Status.closed, Status.failed})
 
 
-class kill_on_cancel:  # (lower case: used like a function, kill_on_cancel(fn))
+class kill_on_cancel(Generic[P, T]):  # (lower case: used like a function, kill_on_cancel(fn))
     """Wrap ``fn`` so that, as a task, it runs in a child process that is killed when the
     task is cancelled: for code that cannot call :func:`checkpoint`.
 
@@ -208,18 +211,23 @@ class kill_on_cancel:  # (lower case: used like a function, kill_on_cancel(fn))
     :func:`distributed.get_worker` and :func:`checkpoint` have no worker to talk to.
     """
 
+    @overload
+    def __init__(self: kill_on_cancel[P, T], fn: Callable[P, Coroutine[Any, Any, T]]) -> None: ...
+    @overload
+    def __init__(self: kill_on_cancel[P, T], fn: Callable[P, T]) -> None: ...
     def __init__(self, fn: Callable[..., Any]) -> None:
         if not callable(fn):
             raise TypeError(f"kill_on_cancel() needs a callable, not {fn!r}")
         self.fn = fn
-        self.__name__ = getattr(fn, "__name__", type(fn).__name__)  # Dask's key prefix
+        self.__name__: str = str(getattr(fn, "__name__", type(fn).__name__))  # key prefix
         self.__doc__ = getattr(fn, "__doc__", None)
 
     def __repr__(self) -> str:
         return f"kill_on_cancel({self.fn!r})"
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return _run_in_child(self.fn, args, kwargs)
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        result: T = _run_in_child(self.fn, args, kwargs)
+        return result
 
 
 def _signal_name(number: int) -> str:

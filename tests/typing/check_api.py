@@ -23,11 +23,14 @@ from dask.delayed import Delayed
 
 from dask_anyio import (
     AsCompleted,
+    CancelledOnWorker,
     DaskExecutor,
     ExecutorStatistics,
     ResultStream,
     TaskHandle,
     TaskStatus,
+    checkpoint,
+    kill_on_cancel,
 )
 
 
@@ -179,3 +182,19 @@ async def check_call_client(ex: DaskExecutor) -> None:
     assert_type(await ex.call_client(client_info, 1), Any)
     await ex.call_client(client_info, "one")  # type: ignore[arg-type]
     await ex.call_client(client_info)  # type: ignore[call-arg]
+
+
+async def double_later(x: int) -> int:
+    return 2 * x
+
+
+async def check_running_code(ex: DaskExecutor) -> None:
+    """Tasks stopped where they run: kill_on_cancel keeps the call's types."""
+    assert_type(checkpoint(), None)
+    assert_type(await ex.run(kill_on_cancel(double), 1), int)
+    assert_type(await ex.run(kill_on_cancel(double_later), 1), int)  # its result, awaited
+    assert_type(ex.submit(kill_on_cancel(describe), 1, "a"), TaskHandle[float])
+    await ex.run(kill_on_cancel(double), "one")  # type: ignore[arg-type]
+    kill_on_cancel(double)(1, 2)  # type: ignore[call-arg]
+    reschedule: type[distributed.Reschedule] = CancelledOnWorker  # Dask's own kind
+    del reschedule

@@ -90,9 +90,9 @@ class Observer:
                 if times is not None and (not stopped or times[1] is not None):
                     break
                 await anyio.sleep(0.02)
-        if times is None or (stopped and times[1] is None):
+        if times is None or times[0] is None or (stopped and times[1] is None):
             return None
-        return times[0], times[1] or math.nan
+        return times[0], math.nan if times[1] is None else times[1]
 
     async def wait_held(self, n: int) -> int:
         """Until the scheduler holds ``n`` cancel targets; return how many it holds (fewer
@@ -280,6 +280,7 @@ async def stop_running(session: Session, observer: Observer, kind: str, n: int) 
             # the child of kill_on_cancel says it runs by creating a file (same machine)
             marker = os.path.join(tmp, name) if kind == "stop_killed" else None
             args = (name,) if marker is None else (name, marker)
+            asked = math.nan
             async with session.unit() as s, anyio.create_task_group() as tg:
                 tg.start_soon(s.cancellable_run, target, *args)
                 if await observer.stop_times(name, stopped=False, marker=marker) is None:
@@ -313,7 +314,11 @@ async def kill_on_cancel_trip(session: Session, n: int) -> dict[str, Any]:
     much task code does). The overheads are differences of medians."""
     from dask_anyio import kill_on_cancel
 
-    calls = {"plain": trip, "samples": kill_on_cancel(abs), "heavy": kill_on_cancel(trip)}
+    calls: dict[str, Callable[..., Any]] = {
+        "plain": trip,
+        "samples": kill_on_cancel(abs),
+        "heavy": kill_on_cancel(trip),
+    }
     samples: dict[str, list[float]] = {name: [] for name in calls}
     async with session.unit() as s:
         for fn in calls.values():
