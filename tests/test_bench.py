@@ -185,6 +185,7 @@ def test_stop_rows_show_what_runs_on_and_the_200_ms_target() -> None:
     assert "ratio" not in row["dask-anyio-trio"]  # nothing to compare with
     text = report.markdown(data)
     assert "runs on (not stopped)" in text
+    assert "time per task" not in text  # (no throughput workload: no scaling table)
     assert "| stop: coroutine (2) | dask-anyio-trio | <= 200 ms (p95) | 4.0 ms | yes |" in text
     assert "| stop: checkpoint() (2) | dask-anyio-trio | <= 200 ms (p95) | 285.5 ms | **no** |" in (
         text

@@ -204,8 +204,8 @@ class kill_on_cancel(Generic[P, T]):  # (lower case: used like a function, kill_
     in the call is a :exc:`RuntimeError` of the task, not the worker's exit.
 
     Trade-offs: each call starts a new interpreter, which imports ``fn``'s modules: about
-    30-40 ms more than a plain task for a builtin, about half a second more when the modules
-    import distributed (2 shared cores). The arguments and the result are pickled once more,
+    40-50 ms more than a plain task for a builtin, 0.65-0.8 s more when the modules import
+    distributed (2 shared cores). The arguments and the result are pickled once more,
     a killed call gets no chance to clean up (no ``finally``), and the child's memory is
     outside Dask's limits of the worker. POSIX only. In the child,
     :func:`distributed.get_worker` and :func:`checkpoint` have no worker to talk to.

@@ -247,8 +247,11 @@ def _targets(table: dict[str, Any]) -> list[str]:
 
 
 def _scaling(table: dict[str, Any], contenders: list[str]) -> list[str]:
-    """Time per task (µs, median) of each throughput workload at each size: flat is good."""
+    """Time per task (µs, median) of each throughput workload at each size: flat is good.
+    (Nothing for a run without throughput workloads.)"""
     lines = [_row("time per task (µs)", *contenders), _row(*["---"] * (len(contenders) + 1))]
+    if not any(row["unit"] == "tasks/s" for row in table.values()):
+        return []
     for name, row in table.items():
         if row["unit"] != "tasks/s":
             continue
