@@ -155,6 +155,16 @@ def checkpoint_as(key: str, *, actor: bool) -> str:
     return "returned"
 
 
+def leave_a_thread_running() -> str:
+    """Return at once, leaving a (non-daemon) thread asleep for an hour: the process would
+    not exit by itself."""
+    import threading
+    import time
+
+    threading.Thread(target=time.sleep, args=(3600,)).start()
+    return "done"
+
+
 def exit_process(status: int) -> None:
     """End this process at once with ``status`` (no cleanup, no outcome)."""
     os._exit(status)

@@ -26,6 +26,7 @@ from .tasks import (
     checkpoint_as,
     exit_process,
     inc,
+    leave_a_thread_running,
     make_bytes,
     raise_remote_only,
     signal_process,
@@ -307,3 +308,24 @@ async def test_checkpoint_in_an_actor_method_does_nothing(
     async with DaskExecutor(external_cluster.address) as ex:
         assert await ex.run(checkpoint_as, f"gone-{uuid.uuid4()}", actor=True) == "returned"
         assert await ex.run(checkpoint_as, f"gone-{uuid.uuid4()}", actor=False) == "raised"
+
+
+async def test_kill_on_cancel_delivers_when_the_child_does_not_exit(
+    external_cluster: ExternalCluster,
+) -> None:
+    """A call that returns but leaves a thread that keeps its process alive: after a grace
+    period for the exit, the process is killed and the value delivered."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.run(kill_on_cancel(leave_a_thread_running)) == "done"
+
+
+def test_an_outcome_cut_short_is_told_from_a_whole_one() -> None:
+    """The child frames its outcome: a child killed while writing it is not unpickled."""
+    from dask_anyio import _child
+
+    data = b"outcome"
+    whole = _child.header(data) + data
+    assert _child.complete(whole)
+    assert not _child.complete(whole[:-1])
+    assert not _child.complete(whole[:3])
+    assert not _child.complete(b"")

@@ -1,8 +1,8 @@
 """The child process of a :func:`dask_anyio.kill_on_cancel` call, run by its path (``python
 .../_child.py FD``: importing the package would cost half a second). It reads the call from
 stdin (``sys.path`` first, then the function and its arguments, each pickled in a
-length-prefixed frame), runs it, and writes the outcome to file descriptor ``FD``:
-``("ok", value)`` or ``("error", exception)``, the exception with its traceback (and those of
+length-prefixed frame), runs it, and writes the outcome to file descriptor ``FD``, framed
+alike: ``("ok", value)`` or ``("error", exception)``, the exception with its traceback (and those of
 its causes), pickled by tblib as Dask does. A coroutine function's coroutine is run with
 :func:`asyncio.run`.
 
@@ -37,9 +37,17 @@ def read_frame(stream: BinaryIO) -> bytes:
     return data
 
 
+HEADER_SIZE = _LENGTH.size
+
+
 def header(data: bytes) -> bytes:
     """What precedes ``data`` in its frame."""
     return _LENGTH.pack(len(data))
+
+
+def complete(data: bytes) -> bool:
+    """Whether ``data`` is one whole frame (the outcome of a child that was not cut short)."""
+    return len(data) >= HEADER_SIZE and _LENGTH.unpack_from(data)[0] == len(data) - HEADER_SIZE
 
 
 def _lifeline(fd: int) -> None:
@@ -94,6 +102,7 @@ def main() -> None:
     except Exception as error:  # an unpicklable value or exception
         data = _dumps(("error", TypeError(f"cannot send the outcome back: {error}")))
     with os.fdopen(result_fd, "wb") as out:
+        out.write(header(data))
         out.write(data)
 
 

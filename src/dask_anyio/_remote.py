@@ -16,14 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+import cloudpickle
 from dask.context import thread_state
 from distributed import Reschedule, Worker, WorkerPlugin, get_worker
 from distributed.core import Status
+
+from . import _child
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -180,6 +190,8 @@ async def run_coroutine(
 
 #: How often a worker thread waiting for a child process looks at its task's state.
 _POLL = 0.02
+#: How long a child that sent its outcome may take to exit before its group is killed.
+_EXIT_GRACE = 2.0
 #: Statuses of a worker that will not take the result of a running task.
 _CLOSING = frozenset({Status.closing, Status.closed, Status.failed})
 
@@ -200,8 +212,8 @@ class kill_on_cancel(Generic[P, T]):  # (lower case: used like a function, kill_
     function runs in the child under :func:`asyncio.run`.
 
     Processes that the call started in its process group end with it, also when it
-    returns (after the child exits by itself: its ``atexit`` handlers run). ``sys.exit()``
-    in the call is a :exc:`RuntimeError` of the task, not the worker's exit.
+    returns (once the child exited by itself, its ``atexit`` handlers run, or after 2 s).
+    ``sys.exit()`` in the call is a :exc:`RuntimeError` of the task, not the worker's exit.
 
     Trade-offs: each call starts a new interpreter, which imports ``fn``'s modules: about
     40-50 ms more than a plain task for a builtin, 0.65-0.8 s more when the modules import
@@ -231,8 +243,6 @@ class kill_on_cancel(Generic[P, T]):  # (lower case: used like a function, kill_
 
 
 def _signal_name(number: int) -> str:
-    import signal
-
     try:
         return signal.Signals(number).name
     except ValueError:
@@ -240,16 +250,6 @@ def _signal_name(number: int) -> str:
 
 
 def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    import os
-    import pickle
-    import select
-    import signal
-    import subprocess
-    import sys
-
-    import cloudpickle
-
-    from . import _child
 
     key = getattr(thread_state, "key", None)
     state = _task_state(key) if key is not None else _ALWAYS_RUNNING
@@ -285,7 +285,7 @@ def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
                 child.stdin.write(_child.header(part))
                 child.stdin.write(part)
             child.stdin.flush()
-        outcome = select.poll()
+            outcome = select.poll()
         outcome.register(read_end, select.POLLIN)
         while True:
             check()
@@ -294,23 +294,30 @@ def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
                 if not chunk:  # the child closed it: the outcome is in, or it died
                     break
                 chunks.append(chunk)
-        while True:  # let it exit as a process does (buffers flushed, atexit handlers run)
-            check()
-            try:
-                child.wait(_POLL)
+            elif _exited(child):  # (a process it forked may hold the pipe open)
+                os.set_blocking(read_end, False)
+                with contextlib.suppress(BlockingIOError):
+                    while chunk := os.read(read_end, 1 << 20):
+                        chunks.append(chunk)
                 break
-            except subprocess.TimeoutExpired:
-                pass
+        # Let it exit as a process does (buffers flushed, atexit handlers run), for a while:
+        # a thread it left running would keep it alive.
+        delay, deadline = 0.0005, time.monotonic() + _EXIT_GRACE
+        while not _exited(child) and time.monotonic() < deadline:
+            check()
+            time.sleep(delay)
+            delay = min(2 * delay, _POLL)
     finally:
         os.close(read_end)
         with contextlib.suppress(OSError):
             child.stdin.close()
         # The call's processes end with it: the child if it runs on, and whatever it
-        # started in its group (whose id is not reused while the group has members).
+        # started in its group. (Not reaped yet, the child's pid still names its group.)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
         child.wait()
-    if not chunks:
+    data = b"".join(chunks)
+    if not _child.complete(data):
         status = child.returncode
         how = (
             f"was killed by {_signal_name(-status)}"
@@ -318,13 +325,22 @@ def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
             else f"died with exit status {status}"
         )
         raise RuntimeError(f"the process running {fn!r} {how}, without an outcome")
-    kind, value = pickle.loads(b"".join(chunks))
+    kind, value = pickle.loads(data[_child.HEADER_SIZE :])
     if kind == "ok":
         return value
     if isinstance(value, SystemExit | KeyboardInterrupt):  # would end the worker
         message = f"{fn!r} raised {value!r} in its process"
         raise RuntimeError(message) from value  # noqa: TRY004 - the call's outcome, not a type
     raise value
+
+
+def _exited(child: Any) -> bool:
+    """Whether the process ``child`` has ended, without reaping it: its pid, and the id of
+    its process group, stay taken until ``child.wait()``."""
+    try:
+        return os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped by someone else
+        return True
 
 
 def _worker_or_none() -> Worker | None:

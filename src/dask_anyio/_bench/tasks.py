@@ -61,6 +61,8 @@ def payload(nbytes: int) -> bytes:
 #: (``time.monotonic()``: one clock for every process of the machine, on Linux).
 STARTED: dict[str, float] = {}
 STOPPED: dict[str, float] = {}
+#: Killed targets: the file that their child creates once it spins.
+MARKERS: dict[str, str] = {}
 #: A target that is not stopped ends on its own after this many seconds.
 STOP_CAP = 30.0
 
@@ -95,6 +97,7 @@ def bench_stop_killed(name: str, marker: str) -> None:
     creates the file ``marker``)."""
     from dask_anyio import kill_on_cancel
 
+    MARKERS[name] = marker  # (the worker that runs it says when it started)
     try:
         kill_on_cancel(_spin)(STOP_CAP, marker)
     finally:
@@ -110,9 +113,11 @@ def _spin(seconds: float, marker: str) -> None:
         pass
 
 
-def stop_times(name: str, marker: str | None = None) -> tuple[float | None, float | None]:
+def stop_times(name: str) -> tuple[float | None, float | None]:
     """On a worker (``Client.run``): when the target ``name`` started and stopped there.
-    With ``marker``, it started once that file exists (its time is then when this looked)."""
+    A killed target started once its marker file exists (its time is then when this
+    looked)."""
+    marker = MARKERS.get(name)
     if marker is not None and name not in STARTED and os.path.exists(marker):
         STARTED[name] = time.monotonic()
     return STARTED.get(name), STOPPED.get(name)

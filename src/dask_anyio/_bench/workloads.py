@@ -75,16 +75,14 @@ class Observer:
         )
         return values
 
-    async def stop_times(
-        self, name: str, *, stopped: bool, marker: str | None = None
-    ) -> tuple[float, float] | None:
+    async def stop_times(self, name: str, *, stopped: bool) -> tuple[float, float] | None:
         """When the stop target ``name`` started and stopped on its worker (see
         :func:`~dask_anyio._bench.tasks.stop_times`), polled every 20 ms for up to
         ``STOP_CAP`` s until it started (or, with ``stopped``, stopped)."""
         times: tuple[float | None, float | None] | None = None
         with anyio.move_on_after(tasks.STOP_CAP + 5):
             while True:
-                for found in (await self.on_workers(tasks.stop_times, name, marker)).values():
+                for found in (await self.on_workers(tasks.stop_times, name)).values():
                     if found[0] is not None:
                         times = found
                 if times is not None and (not stopped or times[1] is not None):
@@ -283,7 +281,7 @@ async def stop_running(session: Session, observer: Observer, kind: str, n: int) 
             asked = math.nan
             async with session.unit() as s, anyio.create_task_group() as tg:
                 tg.start_soon(s.cancellable_run, target, *args)
-                if await observer.stop_times(name, stopped=False, marker=marker) is None:
+                if await observer.stop_times(name, stopped=False) is None:
                     raise RuntimeError(f"the {kind} target did not start")
                 asked = time.monotonic()
                 tg.cancel_scope.cancel()
