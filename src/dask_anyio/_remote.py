@@ -90,9 +90,8 @@ def _task_state(key: Any) -> Any:
     """The worker's ``TaskState`` of ``key``, or ``None`` if the worker has let go of it."""
     if getattr(thread_state, "actor", False):  # an actor's method: not a task, never cancelled
         return _ALWAYS_RUNNING
-    try:
-        worker = get_worker()
-    except ValueError:  # a thread that is not a worker's: a task of a local scheduler
+    worker = _worker_or_none()
+    if worker is None:  # a thread that is not a worker's: a task of a local scheduler
         return _ALWAYS_RUNNING
     return worker.state.tasks.get(key)
 
