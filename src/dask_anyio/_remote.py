@@ -66,7 +66,7 @@ def checkpoint() -> None:
     cancelled, :meth:`TaskHandle.cancel`, an executor's exit...) or released. Outside a task
     (in the client, in tests) it does nothing.
 
-    It costs a few tenths of a microsecond (0.2 to 0.5 µs on the tests' workers): a loop may
+    It costs a few tenths of a microsecond (0.2 to 0.6 µs on the tests' loaded workers): a loop may
     call it every few microseconds of work. It looks at the task of the calling thread: in
     a thread that the task started itself, it does nothing. In a coroutine task,
     cancellation arrives as :exc:`asyncio.CancelledError` at the coroutine's next ``await``
