@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -329,3 +330,15 @@ def test_an_outcome_cut_short_is_told_from_a_whole_one() -> None:
     assert not _child.complete(whole[:-1])
     assert not _child.complete(whole[:3])
     assert not _child.complete(b"")
+
+
+def test_a_child_that_dies_before_reading_its_call_is_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The child exits before reading a call larger than a pipe's buffer (the write breaks
+    the pipe): the call fails naming its exit status. (Worker-side logic, run in-process.)"""
+    from dask_anyio import _remote
+
+    monkeypatch.setattr(sys, "executable", shutil.which("false"))
+    with pytest.raises(RuntimeError, match=r"died with exit status 1, without an outcome"):
+        _remote._run_in_child(len, (make_bytes(3_000_000),), {})

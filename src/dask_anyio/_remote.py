@@ -249,7 +249,6 @@ def _signal_name(number: int) -> str:
 
 
 def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-
     key = getattr(thread_state, "key", None)
     state = _task_state(key) if key is not None else _ALWAYS_RUNNING
     worker = _worker_or_none()
@@ -284,7 +283,7 @@ def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
                 child.stdin.write(_child.header(part))
                 child.stdin.write(part)
             child.stdin.flush()
-            outcome = select.poll()
+        outcome = select.poll()
         outcome.register(read_end, select.POLLIN)
         while True:
             check()
