@@ -311,17 +311,15 @@ class DaskCore:
         """
         args = list(args)
         try:
-            if iscoroutinefunction(fn):  # run so that cancelling the task cancels it there
-                key = options.get("key") or _new_key(fn, options, args, kwargs)
-                return self.client.submit(
-                    run_coroutine, key, fn, args, dict(kwargs), **{**options, "key": key}
-                )
-            if _CLIENT_SUBMIT_PARAMETERS.isdisjoint(kwargs):
+            coroutine = iscoroutinefunction(fn)
+            if _CLIENT_SUBMIT_PARAMETERS.isdisjoint(kwargs) and not coroutine:
                 return self.client.submit(fn, *args, **options, **kwargs)
             # Keywords of the function named like Client.submit's own (key=, pure=, ...):
             # pass them inside a dict, where Dask still replaces futures by their values.
+            # A coroutine function runs so that cancelling its task cancels it there.
             key = options.get("key") or _new_key(fn, options, args, kwargs)
-            return self.client.submit(apply, fn, args, dict(kwargs), **{**options, "key": key})
+            wrapper = (run_coroutine, key) if coroutine else (apply,)
+            return self.client.submit(*wrapper, fn, args, dict(kwargs), **{**options, "key": key})
         except Exception as exc:
             _raise_if_unpicklable(
                 exc,
@@ -351,13 +349,10 @@ class DaskCore:
                 prefix = options.get("key")
                 keys = [_new_key(fn, options, row, kwargs, prefix) for row in rows]
                 n = len(rows)
-                options = {**options, "key": keys}
-                if coroutine:
-                    futures = self.client.map(
-                        run_coroutine, keys, [fn] * n, rows, [dict(kwargs)] * n, **options
-                    )
-                else:
-                    futures = self.client.map(apply, [fn] * n, rows, [dict(kwargs)] * n, **options)
+                wrapper = (run_coroutine, keys) if coroutine else (apply,)
+                futures = self.client.map(
+                    *wrapper, [fn] * n, rows, [dict(kwargs)] * n, **{**options, "key": keys}
+                )
         except Exception as exc:
             _raise_if_unpicklable(
                 exc,
