@@ -59,13 +59,19 @@ class Observer:
         )
 
     async def poll(
-        self, seconds: float, done: Callable[[Any], bool], fn: Callable[..., Any], *args: Any
+        self,
+        seconds: float,
+        done: Callable[[Any], bool],
+        fn: Callable[..., Any],
+        *args: Any,
+        on_workers: bool = False,
     ) -> Any:
-        """Call ``fn(*args)`` on the scheduler every 20 ms until ``done`` holds for its
-        value or ``seconds`` passed; return the last value. (Polling: the scheduler is
-        another process, and no timed section polls.)"""
+        """Call ``fn(*args)`` on the scheduler (or on every worker) every 20 ms until
+        ``done`` holds for its value or ``seconds`` passed; return the last value.
+        (Polling: the cluster is other processes, and no timed section polls.)"""
+        call = self.on_workers if on_workers else self.on_scheduler
         with anyio.move_on_after(seconds):
-            while not done(value := await self.on_scheduler(fn, *args)):  # noqa: ASYNC110
+            while not done(value := await call(fn, *args)):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
         return value
 
@@ -77,20 +83,23 @@ class Observer:
 
     async def stop_times(self, name: str, *, stopped: bool) -> tuple[float, float] | None:
         """When the stop target ``name`` started and stopped on its worker (see
-        :func:`~dask_anyio._bench.tasks.stop_times`), polled every 20 ms for up to
-        ``STOP_CAP`` s until it started (or, with ``stopped``, stopped)."""
-        times: tuple[float | None, float | None] | None = None
-        with anyio.move_on_after(tasks.STOP_CAP + 5):
-            while True:
-                for found in (await self.on_workers(tasks.stop_times, name)).values():
-                    if found[0] is not None:
-                        times = found
-                if times is not None and (not stopped or times[1] is not None):
-                    break
-                await anyio.sleep(0.02)
-        if times is None or times[0] is None or (stopped and times[1] is None):
+        :func:`~dask_anyio._bench.tasks.stop_times`), polled for up to ``STOP_CAP`` s until
+        it started (or, with ``stopped``, stopped); ``None`` if it did not."""
+
+        def times(per_worker: dict[str, Any]) -> tuple[float, float | None] | None:
+            return next((t for t in per_worker.values() if t[0] is not None), None)
+
+        def done(per_worker: dict[str, Any]) -> bool:
+            found = times(per_worker)
+            return found is not None and (not stopped or found[1] is not None)
+
+        per_worker = await self.poll(
+            tasks.STOP_CAP + 5, done, tasks.stop_times, name, on_workers=True
+        )
+        found = times(per_worker)
+        if found is None or (stopped and found[1] is None):
             return None
-        return times[0], math.nan if times[1] is None else times[1]
+        return found[0], math.nan if found[1] is None else found[1]
 
     async def wait_held(self, n: int) -> int:
         """Until the scheduler holds ``n`` cancel targets; return how many it holds (fewer
