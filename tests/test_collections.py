@@ -222,3 +222,19 @@ async def test_failure_told_by_compute_is_not_told_again(
         persisted = await ex.persist(dask.delayed(raise_remote_only)("once"))
         with pytest.raises(RemoteOnlyError, match="once"):
             await ex.compute(persisted)
+
+
+async def test_handles_inside_dask_graphs(external_cluster: ExternalCluster) -> None:
+    """A handle in a dask.delayed call, a delayed leaf, a persisted graph or an array's graph
+    stands for its task's value, as a Dask future does; its data stays on the cluster."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        h = ex.submit(inc, 1)
+        assert await ex.compute(dask.delayed(inc)(h)) == 3
+        assert await ex.compute(dask.delayed(inc, pure=True)(h)) == 3
+        assert await ex.compute(dask.delayed(h)) == 2
+        assert await ex.compute(dask.delayed(sum)([h, h, 1])) == 5
+        persisted = await ex.persist(dask.delayed(operator.mul)(h, 10))
+        assert await ex.compute(persisted) == 20
+        block = ex.submit(operator.add, [1, 2], [3])
+        assert await ex.compute(db.from_delayed([dask.delayed(block)]).sum()) == 6
+    await external_cluster.wait_forgotten()

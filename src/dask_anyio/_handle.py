@@ -7,9 +7,10 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
 
-if TYPE_CHECKING:
-    import distributed
+import distributed
+from dask.task_spec import TaskRef
 
+if TYPE_CHECKING:
     from ._executor import DaskExecutor
 
 __all__ = ["ExecutorStatistics", "SchedulerLost", "TaskCancelled", "TaskHandle", "TaskStatus"]
@@ -96,7 +97,7 @@ class SchedulerLost(ConnectionError):
 
 
 @final
-class TaskHandle(Generic[T_co]):
+class TaskHandle(TaskRef, Generic[T_co]):  # type: ignore[misc]
     """A task on the cluster, owned by the :class:`~dask_anyio.DaskExecutor` that submitted it.
 
     Returned by :meth:`DaskExecutor.submit` and :meth:`DaskExecutor.map`; not created directly.
@@ -107,6 +108,10 @@ class TaskHandle(Generic[T_co]):
     checkpoint; it returns ``None``, raises the task's own exception if the task failed, or
     :exc:`TaskCancelled` if it was cancelled. Cancelling the awaiting scope only stops the
     waiting: the task belongs to the executor and keeps running.
+
+    Dask sees a handle as it sees a :class:`distributed.Future` (both are task references):
+    in ``dask.delayed(f)(handle)`` or any collection's graph it stands for its task's value,
+    and it is pickled as a future of its key.
     """
 
     __slots__ = (
@@ -165,6 +170,14 @@ class TaskHandle(Generic[T_co]):
         :return: ``True`` if the task is now cancelled, ``False`` if it was already done.
         """
         return self._executor._cancel_handle(self)
+
+    # One handle is one object, whatever Dask's task references say of equal keys.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # As a Future pickles: by its key (a worker's client binds it there).
+        return distributed.Future, (self._future.key,)
 
     def __await__(self) -> Generator[Any, None, None]:
         return self._executor._wait(self).__await__()
