@@ -7,16 +7,21 @@ import re
 import socket
 import sys
 import threading
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.to_thread
+import dask
 import distributed
 import pytest
 
 from dask_anyio import DaskExecutor
 
 from .conftest import ExternalCluster
-from .tasks import inc
+from .tasks import inc, set_event, wait_for_event
 
 pytestmark = pytest.mark.anyio
 
@@ -225,3 +230,60 @@ async def test_function_defined_in_a_script(
         )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip() == "42"
+
+
+async def test_use_from_another_event_loop_is_refused(
+    external_cluster: ExternalCluster, anyio_backend: Any
+) -> None:
+    """Every call from an event loop that did not enter the executor (here one in another
+    thread, on either backend) raises RuntimeError at once: `await handle` on an unfinished
+    task too, which would otherwise wait for a wake-up that never comes."""
+    backend, options = anyio_backend
+    gate = f"gate-{uuid.uuid4()}"
+    async with DaskExecutor(external_cluster.address) as ex:
+        pending = ex.submit(wait_for_event, gate)
+        done = ex.submit(inc, 1)
+        await done
+        calls: dict[str, Callable[[], Any]] = {
+            "await handle": lambda: _await(pending),
+            "retrieve": lambda: ex.retrieve(pending),
+            "run": lambda: ex.run(inc, 1),
+            "gather": lambda: ex.gather([done]),
+            "scatter": lambda: ex.scatter([1]),
+            "compute": lambda: ex.compute(dask.delayed(inc)(1)),
+            "persist": lambda: ex.persist(dask.delayed(inc)(1)),
+            "call_client": lambda: ex.call_client(lambda c: c.id),
+            "as_completed": lambda: _first(ex.as_completed([pending])),
+            "imap": lambda: _first(ex.imap(inc, [1], max_in_flight=1)),
+            "submit": lambda: _plain(ex.submit, inc, 1),
+            "map": lambda: _plain(ex.map, inc, [1]),
+            "cancel": lambda: _plain(pending.cancel),
+            "statistics": lambda: _plain(ex.statistics),
+        }
+        for name, call in calls.items():
+
+            async def elsewhere(call: Callable[[], Any] = call) -> None:
+                with anyio.fail_after(5):  # a hang fails here, not the whole run
+                    await call()
+
+            def in_another_loop(elsewhere: Callable[[], Any] = elsewhere) -> None:
+                anyio.run(elsewhere, backend=backend, backend_options=options)
+
+            with pytest.raises(RuntimeError, match="another thread or another event loop"):
+                await anyio.to_thread.run_sync(in_another_loop)
+            assert not pending.done(), name
+        assert ex.statistics().submitted == 2
+        await ex.run(set_event, gate)
+
+
+async def _await(handle: Any) -> None:
+    await handle
+
+
+async def _first(stream: Any) -> None:
+    async for _ in stream:
+        return
+
+
+async def _plain(fn: Callable[..., Any], *args: Any) -> None:
+    fn(*args)

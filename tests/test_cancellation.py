@@ -209,3 +209,36 @@ async def test_run_in_fail_after_cancels_remote_task(external_cluster: ExternalC
             await ex.run(wait_for_event, gate)
         assert not [k for k in external_cluster.scheduler_keys() if k.startswith("wait_for_event-")]
         await ex.run(set_event, gate)
+
+
+async def test_a_cancelled_call_starts_nothing(external_cluster: ExternalCluster) -> None:
+    """Every call that sends work, awaited in an already-cancelled scope, raises the
+    cancellation before it sends anything (trio's rule for a checkpoint)."""
+    import dask
+    import distributed
+
+    called: list[str] = []
+
+    def note(client: distributed.Client) -> None:
+        called.append(client.id)
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        handle = ex.submit(inc, 1)
+        await handle
+        calls = [
+            lambda: ex.run(inc, 1),
+            lambda: ex.compute(dask.delayed(inc)(1)),
+            lambda: ex.persist(dask.delayed(inc)(2)),
+            lambda: ex.scatter([1, 2]),
+            lambda: ex.call_client(note),
+            lambda: ex.retrieve(handle),
+            lambda: ex.gather([handle]),
+        ]
+        for call in calls:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await call()
+            assert scope.cancelled_caught
+        assert ex.statistics().submitted == 1
+        assert called == []
+        assert external_cluster.scheduler_keys() == {handle.key}

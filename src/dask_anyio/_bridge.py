@@ -49,7 +49,7 @@ class LoopToken:
     Obtain one with :func:`current_loop_token` from inside the loop.
     """
 
-    __slots__ = ("_finished", "_schedule")
+    __slots__ = ("_finished", "_is_current", "_schedule")
 
     def __init__(self, native: object) -> None:
         if isinstance(native, asyncio.AbstractEventLoop):
@@ -63,11 +63,14 @@ class LoopToken:
                 native.call_soon_threadsafe, context=context
             )
             self._finished: tuple[type[BaseException], ...] = (RuntimeError,)
+            self._is_current: Callable[[], bool] = functools.partial(_is_running_loop, native)
         else:  # trio.lowlevel.TrioToken: the only other backend that anyio supports
             import trio
 
             self._schedule = native.run_sync_soon  # type: ignore[attr-defined]
             self._finished = (trio.RunFinishedError,)
+            current = trio.lowlevel.current_trio_token
+            self._is_current = functools.partial(_is_current_trio_run, current, native)
 
     def run_sync_soon(self, fn: Callable[[*Ts], object], *args: *Ts) -> bool:
         """Schedule ``fn(*args)`` to run soon on this token's event loop.
@@ -86,6 +89,25 @@ class LoopToken:
         except self._finished:
             return False
         return True
+
+    def is_current(self) -> bool:
+        """Return whether the calling code runs on this token's event loop: not on another
+        thread, nor on another loop or run in this thread (a later ``trio.run``).
+
+        **This method is thread-safe**, and cheap enough for every call of the front end.
+        """
+        return self._is_current()
+
+
+def _is_running_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    return asyncio._get_running_loop() is loop
+
+
+def _is_current_trio_run(current: Callable[[], object], token: object) -> bool:
+    try:
+        return current() is token
+    except RuntimeError:  # no trio run in this thread
+        return False
 
 
 def current_loop_token() -> LoopToken:

@@ -16,7 +16,6 @@ import functools
 import json
 import math
 import os
-import threading
 from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable, Hashable, Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -179,13 +178,13 @@ class DaskExecutor:
         self._runner: CoreRunner
         self._tg: anyio.abc.TaskGroup
         self._stack: AsyncExitStack
-        self._owner_thread = 0
 
     # -- lifetime --------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         if self._state is not _State.NEW:
             raise RuntimeError("a DaskExecutor can be entered only once")
+        await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled already: start nothing
         if self._scheduler_file is not None:
             timeout = _connect_timeout(self._open_args["connect_timeout"])
             path = self._scheduler_file
@@ -199,7 +198,6 @@ class DaskExecutor:
             await self._runner.run(self._open_core)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._stack = stack.pop_all()
-        self._owner_thread = threading.get_ident()
         self._state = _State.OPEN
         return self
 
@@ -333,17 +331,24 @@ class DaskExecutor:
 
     def _check_open(self) -> None:
         if self._state is _State.OPEN:
-            if threading.get_ident() != self._owner_thread:
-                raise RuntimeError(
-                    "a DaskExecutor is used from the thread of the event loop that entered it; "
-                    "from another thread, go through anyio.from_thread"
-                )
+            self._check_loop()
             return
         if self._state is _State.NEW:
             raise RuntimeError(
                 "this DaskExecutor is not open: use `async with DaskExecutor() as ex`"
             )
         raise RuntimeError(f"this DaskExecutor is {self._state.value}: it cannot be used any more")
+
+    def _check_loop(self) -> None:
+        """Refuse a call from another thread or event loop than the one that entered (it
+        would wait for a loop that never wakes it)."""
+        if self._state in (_State.OPEN, _State.CLOSING) and not self._runner.front.is_current():
+            raise RuntimeError(
+                "a DaskExecutor is used from the event loop that entered it, and this is "
+                "another thread or another event loop (a second anyio.run, say, or a notebook "
+                "cell that IPython runs in a trio.run of its own); from another thread, go "
+                "through anyio.from_thread"
+            )
 
     def _check_connected(self) -> None:
         """Refuse new work while Dask's client is not connected (it lost the scheduler)."""
@@ -382,6 +387,7 @@ class DaskExecutor:
         ``await ex.call_client(lambda c: c.run_on_scheduler(fn))``.
         """
         self._check_open()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         return await self._runner.run(self._core.call, fn, args, kwargs)
 
     @property
@@ -627,6 +633,7 @@ class DaskExecutor:
 
     async def _wait(self, handle: TaskHandle[Any]) -> None:
         """``await handle``: wait without transferring data, then raise its failure if any."""
+        self._check_loop()
         await self._wait_done(handle)
         await self._raise_if_failed(handle)
 
@@ -747,6 +754,7 @@ class DaskExecutor:
         """
         self._check_handle(handle)
         self._check_open()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         await self._wait(handle)
         value: T = await self._value_of(handle)
         return value
@@ -771,6 +779,7 @@ class DaskExecutor:
         for Dask's options, use :meth:`submit` and :meth:`retrieve`.
         """
         self._check_open()
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing
         handle = self._submit(fn, args, kwargs, _RUN_OPTIONS)
         value: T = await self._result_of_call(handle)
         return value
@@ -834,6 +843,7 @@ class DaskExecutor:
         :raises TypeError: if ``collection`` is not a Dask collection.
         """
         self._check_open()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_connected()
         compute = functools.partial(_checked_collection, self._core.compute, "compute")
         future = await anyio.to_thread.run_sync(compute, collection)
@@ -854,6 +864,7 @@ class DaskExecutor:
         :raises TypeError: if ``collection`` is not a Dask collection.
         """
         self._check_open()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_connected()
         persist = functools.partial(_checked_collection, self._core.persist, "persist")
         persisted, futures = await anyio.to_thread.run_sync(persist, collection)
@@ -896,7 +907,7 @@ class DaskExecutor:
             found[handle.key] = handle
 
         _map_handles(handles, collect)
-        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()  # cancelled already: raises before any transfer
         failed = await self._wait_all(list(found.values()), raise_first=errors == "raise")
         keys = [k for k in found if k not in failed]
         values = await self._runner.run(self._core.gather, [found[k]._future for k in keys])
@@ -965,6 +976,7 @@ class DaskExecutor:
         self._check_open()
         if not isinstance(broadcast, bool):
             raise TypeError(f"broadcast must be True or False, not {broadcast!r}")
+        await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_connected()
         if type(data) is list:
             futures = await self._runner.run(self._core.scatter, data, broadcast)
@@ -1100,6 +1112,7 @@ class DaskExecutor:
 
     def statistics(self) -> ExecutorStatistics:
         """Return counts of this executor's tasks, as a frozen record. A plain call."""
+        self._check_loop()
         outcomes = self._outcomes.copy()
         pending = 0
         for handle in self._handles.values():

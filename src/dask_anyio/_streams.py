@@ -71,6 +71,7 @@ class AsCompleted(Generic[Y_co]):
     def add(self, handle: TaskHandle[Any]) -> None:
         """Add a handle to yield once it is done. A plain call."""
         self._executor._check_handle(handle)
+        self._executor._check_loop()
         token = next(self._tokens)
         callback = functools.partial(self._on_done, token)
         self._waiting[token] = (handle, callback)
@@ -96,6 +97,7 @@ class AsCompleted(Generic[Y_co]):
         return self
 
     async def __anext__(self) -> Y_co:
+        self._executor._check_loop()
         await anyio.lowlevel.checkpoint()
         while not self._ready:
             if not self._waiting:
@@ -278,6 +280,7 @@ class _Stream:
     async def next(self) -> Any:
         """The next result, for :meth:`ResultStream.__anext__`; closes the stream at the end
         or on an error."""
+        self.executor._check_loop()
         if self.closed:
             raise StopAsyncIteration
         if self.reading:
