@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -300,59 +301,182 @@ async def test_trio_server(
 
 
 # -- the tutorial --------------------------------------------------------------------------
+#
+# The tutorial is followed as a reader would: in a new directory holding only the files the
+# page says to save, with the page's own commands run by a shell (the test's interpreter
+# standing for the page's virtual environment, and none of the test's PYTHONPATH).
+
+TUTORIAL_PAGE = ROOT / "docs" / "tutorial.md"
+#: Where the page's pre-release install line has the reader's clone of the repository.
+CLONE_PLACEHOLDER = "/path/to/dask-anyio"
+
+
+def tutorial_console() -> list[tuple[str, str]]:
+    """The page's console blocks as (command, output shown) pairs, in order."""
+    text = TUTORIAL_PAGE.read_text()
+    pairs: list[tuple[str, str]] = []
+    for block in re.findall(r"^```console\n(.*?)^```", text, re.M | re.S):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                pairs.append((line[2:], ""))
+            else:
+                pairs[-1] = (pairs[-1][0], pairs[-1][1] + line + "\n")
+    return pairs
+
+
+def _program(command: str) -> str:
+    """What a command runs: its first two words after any ``NAME=value`` (``dask worker``,
+    ``python offload.py``, ``pip install``)."""
+    words = [w for w in shlex.split(command) if not re.fullmatch(r"\w+=.*", w)]
+    return " ".join(words[:2])
+
+
+def tutorial_command(program: str) -> tuple[str, str]:
+    """The page's one command that runs ``program``, and the output the page shows."""
+    found = [pair for pair in tutorial_console() if _program(pair[0]) == program]
+    assert len(found) == 1, f"the tutorial runs {program!r} {len(found)} times"
+    return found[0]
+
+
+def readers_shell() -> dict[str, str]:
+    """The environment of the reader's shell once the page's virtual environment is active:
+    its scripts first on ``PATH``; no ``PYTHONPATH`` but what the commands set."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
 
 
 @pytest.fixture(scope="module")
-def tutorial_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """The cluster of the tutorial's third step, started with its commands, from the
-    tutorial's directory; yields the scheduler file and the address."""
-    tmp = tmp_path_factory.mktemp("tutorial")
-    scheduler_file = tmp / "scheduler.json"
-    dask_command = str(Path(sys.executable).with_name("dask"))
-    scheduler = [dask_command, *TUTORIAL_SCHEDULER, str(scheduler_file)]
-    worker = [dask_command, *TUTORIAL_WORKER, str(scheduler_file), *TUTORIAL_WORKER_OPTIONS]
-    env = {**os.environ, "PYTHONPATH": "."}
+def tutorial_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new directory with the files the page says to save there (each file it shows,
+    under its own name), and nothing else."""
+    directory = tmp_path_factory.mktemp("tutorial")
+    text = TUTORIAL_PAGE.read_text()
+    for included in re.findall(r"```\{literalinclude\} (\S+)", text):
+        source = TUTORIAL_PAGE.parent / included
+        assert f"`{source.name}`" in text, f"the page never says to save {source.name}"
+        shutil.copy(source, directory / source.name)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tutorial_cluster(tutorial_dir: Path) -> Iterator[Path]:
+    """The cluster of the tutorial's step 5, started by the page's own commands from the
+    tutorial's directory; yields that directory (where scheduler.json is)."""
+    commands = [tutorial_command(p)[0] for p in ("dask scheduler", "dask worker")]
+    assert all("--scheduler-file scheduler.json" in command for command in commands)
     procs: list[subprocess.Popen[bytes]] = []
-    with (tmp / "cluster.log").open("ab") as log:
+    with (tutorial_dir / "cluster.log").open("ab") as log:
         spawn = functools.partial(
-            subprocess.Popen, cwd=TUTORIAL, env=env, stdout=log, stderr=log, start_new_session=True
+            subprocess.Popen,
+            shell=True,
+            cwd=tutorial_dir,
+            env=readers_shell(),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
         try:
-            procs.append(spawn(scheduler))
-            procs.append(spawn(worker))
-            with distributed.Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            procs += [spawn(command) for command in commands]
+            scheduler_file = str(tutorial_dir / "scheduler.json")
+            with distributed.Client(scheduler_file=scheduler_file, timeout=60) as client:
                 client.wait_for_workers(1, timeout=60)
-            yield scheduler_file, json.loads(scheduler_file.read_text())["address"]
+            yield tutorial_dir
         finally:
             stop_processes(procs)
 
 
-# The commands of docs/tutorial.md (test_tutorial_commands checks they are the same).
-TUTORIAL_SCHEDULER = [
-    "scheduler",
-    "--host",
-    "127.0.0.1",
-    "--port",
-    "0",
-    "--dashboard-address",
-    "127.0.0.1:0",
-    "--scheduler-file",
-]
-TUTORIAL_WORKER = ["worker", "--scheduler-file"]
-TUTORIAL_WORKER_OPTIONS = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+def test_tutorial_binds_no_fixed_port() -> None:
+    """The cluster commands let the system pick every port (so that the tests can run them
+    as written)."""
+    scheduler, _ = tutorial_command("dask scheduler")
+    worker, _ = tutorial_command("dask worker")
+    assert "--port 0" in scheduler
+    for command in (scheduler, worker):
+        assert "--dashboard-address 127.0.0.1:0" in command
+        assert "--host 127.0.0.1" in command
 
 
-def test_tutorial_commands() -> None:
-    text = (ROOT / "docs" / "tutorial.md").read_text()
-    assert f"dask {' '.join(TUTORIAL_SCHEDULER)} scheduler.json" in text
-    worker = f"dask {' '.join(TUTORIAL_WORKER)} scheduler.json {' '.join(TUTORIAL_WORKER_OPTIONS)}"
-    assert f"PYTHONPATH=. {worker}" in text
+def _pip_argument_problem(argument: str, cwd: Path) -> str | None:
+    """What pip would object to in ``pip install ARGUMENT``, run in ``cwd``, before it looks
+    for any package: an argument that looks like a path (pip's rule: it has a ``/`` or starts
+    with ``.``) must be an existing directory (extras aside), else pip says "Invalid
+    requirement"; any other must be a valid requirement."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    parts = re.fullmatch(r"(.*?)(\[[^]]*\])?", argument)
+    assert parts is not None
+    path, extras = parts.groups()
+    if "/" in path or path.startswith("."):
+        if not (cwd / path).is_dir():
+            return f"Invalid requirement: {argument!r} (no directory {path!r} here)"
+        argument = f"dask-anyio{extras or ''}"
+    try:
+        requirement = Requirement(argument)
+    except InvalidRequirement as error:
+        return str(error)
+    extras_known = _pyproject()["project"]["optional-dependencies"]
+    unknown = requirement.extras - set(extras_known)
+    return f"no extra {sorted(unknown)} in pyproject.toml" if unknown else None
+
+
+def _pyproject() -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def tutorial_installs() -> list[str]:
+    """The page's ``pip install`` commands: in console blocks, and in its prose."""
+    installs = [c for c, _ in tutorial_console() if _program(c) == "pip install"]
+    return installs + re.findall(r"`(pip install [^`]+)`", TUTORIAL_PAGE.read_text())
+
+
+def test_tutorial_install_lines(tmp_path: Path) -> None:
+    """Each install line works from the new directory the page starts in: the released
+    package's, and the clone's once its placeholder is the path of a clone (this checkout);
+    no network is used."""
+    installs = tutorial_installs()
+    assert len(installs) == 2, installs
+    for command in installs:
+        command = command.replace(CLONE_PLACEHOLDER, str(ROOT))
+        for argument in shlex.split(command)[2:]:
+            problem = _pip_argument_problem(argument, tmp_path)
+            assert problem is None, f"{command}: {problem}"
+
+
+def test_tutorial_installs_the_dashboard_it_opens() -> None:
+    """The page has the reader open Dask's dashboard, so its install lines bring bokeh (the
+    `dashboard` extra), at a version Dask's dashboard accepts."""
+    from distributed.versions import BOKEH_REQUIREMENT
+    from packaging.requirements import Requirement
+
+    assert "dashboard" in TUTORIAL_PAGE.read_text()
+    for command in tutorial_installs():
+        assert re.search(r"\[[^]]*\bdashboard\b[^]]*\]", command), command
+    (bokeh,) = map(Requirement, _pyproject()["project"]["optional-dependencies"]["dashboard"])
+    assert bokeh.name == "bokeh"
+    for version in ("3.0.3", "3.1.0", "3.4.1"):
+        assert bokeh.specifier.contains(version) == BOKEH_REQUIREMENT.specifier.contains(version)
+
+
+def test_tutorial_examples_are_numbered_as_their_steps() -> None:
+    """An example file that names its step names the heading under which the page shows it."""
+    step = None
+    for line in TUTORIAL_PAGE.read_text().splitlines():
+        if heading := re.match(r"## (\d+)\. ", line):
+            step = heading.group(1)
+        if include := re.match(r"```\{literalinclude\} (\S+)", line):
+            docstring = (TUTORIAL_PAGE.parent / include.group(1)).read_text().splitlines()[0]
+            named = re.search(r"\bStep (\d+)", docstring)
+            assert named is None or named.group(1) == step, (include.group(1), step)
 
 
 @pytest.fixture
-def tutorial_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The tutorial's modules import each other from their directory, as its scripts do."""
-    monkeypatch.syspath_prepend(str(TUTORIAL))
+def tutorial_modules(tutorial_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The tutorial's modules import each other from its directory, as its scripts do."""
+    monkeypatch.syspath_prepend(str(tutorial_dir))
+    monkeypatch.chdir(tutorial_dir)  # where the scripts run, and scheduler.json is
     yield
     for name in ("primes", "offload", "offload_many", "offload_external"):
         sys.modules.pop(name, None)
@@ -361,9 +485,10 @@ def tutorial_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio: the script, below
 @pytest.mark.timeout(120)  # an embedded LocalCluster starts and stops
-async def test_tutorial_step_1_embedded(
+async def test_tutorial_step_3_embedded(
     tutorial_modules: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Step 3's program, imported, runs on asyncio too."""
     import offload  # type: ignore[import-not-found]
     import primes  # type: ignore[import-not-found]
 
@@ -373,34 +498,41 @@ async def test_tutorial_step_1_embedded(
 
 
 @pytest.mark.timeout(150)
-def test_tutorial_step_1_as_a_script() -> None:
-    """`python offload.py`, as the tutorial runs it: trio, and workers spawned from it."""
+def test_tutorial_step_3_as_the_page_runs_it(tutorial_dir: Path) -> None:
+    """`python offload.py`, run as the page runs it (trio, workers spawned from it), prints
+    what the page shows."""
+    command, shown = tutorial_command("python offload.py")
     result = subprocess.run(
-        [sys.executable, str(TUTORIAL / "offload.py")],
+        command,
+        shell=True,
+        cwd=tutorial_dir,
+        env=readers_shell(),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "1229 primes below 10 000\n"
+    assert result.stdout == shown
 
 
 @pytest.mark.anyio
 @pytest.mark.timeout(180)  # the tutorial's cluster starts (once per module)
-async def test_tutorial_steps_2_and_3_external(
-    tutorial_modules: None,
-    tutorial_cluster: tuple[Path, str],
-    capsys: pytest.CaptureFixture[str],
+async def test_tutorial_steps_4_and_5_on_the_pages_cluster(
+    tutorial_modules: None, tutorial_cluster: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Steps 4 and 5's programs (with a smaller count) run on the cluster started by the
+    page's commands, and print what the page shows."""
     import offload_external  # type: ignore[import-not-found]
     import offload_many  # type: ignore[import-not-found]
 
-    scheduler_file, address = tutorial_cluster
+    address = json.loads((tutorial_cluster / "scheduler.json").read_text())["address"]
     with dask.config.set({"scheduler-address": address}):
         await offload_many.main(stop=250_000)
     assert capsys.readouterr().out.splitlines()[-1] == "22044 primes below 250000"
-    await offload_external.main(scheduler_file=str(scheduler_file), stop=250_000)
+    await offload_external.main(stop=250_000)  # scheduler.json of the working directory
     lines = capsys.readouterr().out.splitlines()
+    _, shown = tutorial_command("python offload_external.py")
+    assert shown.splitlines()[0].startswith("dashboard: http://127.0.0.1:")
     assert lines[0].startswith("dashboard: http://127.0.0.1:")
     assert lines[1] == "22044 primes below 250000"

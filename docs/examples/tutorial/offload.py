@@ -1,4 +1,4 @@
-"""Step 1: one call, on a Dask cluster started (and closed) by the executor."""
+"""Step 3: one call, on a Dask cluster started (and closed) by the executor."""
 
 import anyio
 from primes import count_primes

@@ -1,4 +1,4 @@
-"""Step 3: the same work on a cluster started with `dask scheduler` and `dask worker`."""
+"""Step 5: the same work on a cluster started with `dask scheduler` and `dask worker`."""
 
 import anyio
 from offload_many import count_primes_below

@@ -1,4 +1,4 @@
-"""Step 2: many calls at once, a responsive event loop, and a deadline."""
+"""Step 4: many calls at once, a responsive event loop, and a deadline."""
 
 import anyio
 from primes import count_primes
