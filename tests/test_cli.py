@@ -1,18 +1,26 @@
-"""The command line: `dask anyio demo` and `python -m dask_anyio demo`."""
+"""The command line: `dask anyio demo`, `python -m dask_anyio demo`, and `--version`."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import io
+import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import types
+from typing import Any
 
 import anyio
 import cloudpickle
 import pytest
+from click.testing import CliRunner
 
+import dask_anyio
 from dask_anyio import _demo
+from dask_anyio._cli import main
 
 from .conftest import ExternalCluster
 
@@ -41,6 +49,9 @@ async def test_demo_against_external_cluster(
     assert "cancelled=True" in out
     assert "none, it forgot the task" in out
     assert "/20 [" not in err  # stderr is a pipe: no bar by default
+    assert "dashboard: http://127.0.0.1:" in out
+    if importlib.util.find_spec("bokeh") is None:  # as in `nox -s tests`: the cluster's case
+        assert f"(needs bokeh where the scheduler runs: {_demo.DASHBOARD_INSTALL})" in out
 
 
 async def test_demo_progress_forced_on(
@@ -112,15 +123,94 @@ def test_demo_functions_pickled_by_value() -> None:
     assert result.stdout.decode().strip() == "3"
 
 
-def test_dask_cli_plugin() -> None:
-    """`dask anyio` is registered through Dask's `dask_cli` entry points."""
-    import os
-
+def dask_command() -> str:
+    """The ``dask`` command of the test's environment."""
     here = os.path.dirname(sys.executable)  # the environment's scripts, activated or not
     dask = shutil.which("dask", path=here) or shutil.which("dask")
     assert dask, "the dask command is not installed"
+    return dask
+
+
+def test_dask_cli_plugin() -> None:
+    """`dask anyio` is registered through Dask's `dask_cli` entry points."""
+    dask = dask_command()
     out = subprocess.run(
         [dask, "anyio", "demo", "--help"], capture_output=True, check=True, text=True
     ).stdout
     assert "--backend [asyncio|trio]" in out
     assert "--address ADDR" in out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["dask", "anyio"], [sys.executable, "-m", "dask_anyio"]],
+    ids=["dask anyio", "python -m dask_anyio"],
+)
+def test_version(command: list[str]) -> None:
+    """`--version` prints the installed version of dask-anyio."""
+    if command[0] == "dask":
+        command = [dask_command(), *command[1:]]
+    result = subprocess.run([*command, "--version"], capture_output=True, check=True, text=True)
+    assert result.stdout == f"dask-anyio {importlib.metadata.version('dask-anyio')}\n"
+    assert importlib.metadata.version("dask-anyio") == dask_anyio.__version__
+
+
+def test_demo_help_says_what_it_does() -> None:
+    """The demo's help tells its steps in plain words (no "seed scenario", the project's own
+    jargon), and the command list shows its summary whole."""
+    runner = CliRunner()
+    help_text = runner.invoke(main, ["demo", "--help"], catch_exceptions=False).output
+    assert "seed" not in help_text.lower()
+    assert "scenario" not in help_text.lower()
+    for step in ("without moving data", "progress bar", "cancels a long call"):
+        assert step in " ".join(help_text.split()), step
+    listing = runner.invoke(main, ["--help"], catch_exceptions=False).output
+    (demo_line,) = [line for line in listing.splitlines() if line.strip().startswith("demo ")]
+    assert demo_line.split(None, 1)[1] == "Show dask-anyio at work, step by step."
+
+
+@pytest.mark.parametrize(
+    ("link", "state", "line"),
+    [
+        ("http://h:1/status", "served", "dashboard: http://h:1/status"),
+        (
+            "http://h:1/status",
+            "no bokeh",
+            "dashboard: http://h:1/status (needs bokeh where the scheduler runs: "
+            "pip install 'dask-anyio[dashboard]')",
+        ),
+        ("http://h:1/status", "off", "dashboard: none (the scheduler serves none)"),
+        (None, "off", "dashboard: none (the scheduler serves none)"),
+    ],
+)
+def test_dashboard_line(link: str | None, state: _demo.DashboardState, line: str) -> None:
+    """Where the demo prints the dashboard's link, it says what the dashboard needs if the
+    scheduler cannot serve it (bokeh, through the `dashboard` extra)."""
+    assert _demo.dashboard_line(link, state) == line
+
+
+class BokehTornado:
+    """Stands for bokeh's application, as a scheduler that serves its dashboard has one."""
+
+
+@pytest.mark.parametrize(
+    ("applications", "dashboard_module", "state"),
+    [
+        ([BokehTornado()], None, "served"),
+        ([], None, "no bokeh"),  # Dask's dashboard module does not import
+        ([], types.ModuleType("distributed.dashboard.scheduler"), "off"),
+    ],
+)
+def test_dashboard_state(
+    applications: list[Any],
+    dashboard_module: types.ModuleType | None,
+    state: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scheduler's side of the check: bokeh's application served, bokeh missing, or a
+    dashboard turned off."""
+    monkeypatch.setitem(sys.modules, "distributed.dashboard.scheduler", dashboard_module)
+    scheduler = types.SimpleNamespace(
+        http_application=types.SimpleNamespace(applications=applications)
+    )
+    assert _demo._dashboard_state(scheduler) == state

@@ -17,6 +17,7 @@ from ._demo import demo as run_demo
 
 
 @click.group(name="anyio")
+@click.version_option(package_name="dask-anyio", message="%(package)s %(version)s")
 def main() -> None:
     """dask-anyio: submit work to a Dask cluster from asyncio and trio."""
 
@@ -50,8 +51,13 @@ def main() -> None:
     "stderr is a terminal]",
 )
 def demo(backend: str, address: str | None, delay: float, progress: bool | None) -> None:
-    """Run the seed scenario, map a slow function over 20 items with a progress bar, then
-    cancel a long task and show the scheduler forgot it."""
+    """Show dask-anyio at work, step by step.
+
+    On a cluster (an embedded one by default), it submits three slow tasks, one depending
+    on the other two, and waits for them without moving data; runs one call; maps a slow
+    function over 20 items with a progress bar; then cancels a long call with a timeout
+    and shows that the scheduler forgot its task.
+    """
     if backend == "trio" and importlib.util.find_spec("trio") is None:
         raise click.UsageError("--backend trio needs trio: pip install 'dask-anyio[trio]'")
     scenario = partial(

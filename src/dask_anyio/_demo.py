@@ -1,4 +1,5 @@
-"""The seed scenario as a short, printed walk-through (``dask anyio demo``)."""
+"""``dask anyio demo``: a short walk-through of dask-anyio on a cluster, printed step by
+step."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import anyio
 import cloudpickle
@@ -46,6 +47,46 @@ def nap(seconds: float) -> None:
 
 def _task_keys(dask_scheduler: Any) -> list[str]:
     return sorted(str(key) for key in dask_scheduler.tasks)
+
+
+#: What to install for Dask's dashboard (it needs bokeh): dask-anyio's extra that brings it.
+DASHBOARD_INSTALL = "pip install 'dask-anyio[dashboard]'"
+
+DashboardState = Literal["served", "no bokeh", "off"]
+
+
+def _dashboard_state(dask_scheduler: Any) -> DashboardState:
+    """Whether the scheduler serves its dashboard: ``"served"``; ``"no bokeh"`` if it cannot
+    (Dask's dashboard module, which needs bokeh>=3.1, does not import where it runs: the
+    link then shows only "Dask needs bokeh"); ``"off"`` if it was started without one."""
+    applications = getattr(dask_scheduler.http_application, "applications", [])
+    if any(type(app).__name__ == "BokehTornado" for app in applications):
+        return "served"
+    try:
+        import distributed.dashboard.scheduler  # noqa: F401
+    except ImportError:
+        return "no bokeh"
+    return "off"
+
+
+def dashboard_line(link: str | None, state: DashboardState) -> str:
+    """The demo's line about the dashboard at ``link``, in the ``state`` the scheduler
+    said (see :func:`_dashboard_state`)."""
+    if link is None or state == "off":
+        return "dashboard: none (the scheduler serves none)"
+    if state == "no bokeh":
+        return f"dashboard: {link} (needs bokeh where the scheduler runs: {DASHBOARD_INSTALL})"
+    return f"dashboard: {link}"
+
+
+async def _dashboard(ex: DaskExecutor) -> str:
+    link = ex.dashboard_link
+    if link is None:
+        return dashboard_line(None, "off")
+    state: DashboardState = await ex.call_client(
+        lambda client: client.run_on_scheduler(_dashboard_state)
+    )
+    return dashboard_line(link, state)
 
 
 async def _scheduler_keys(ex: DaskExecutor) -> list[str]:
@@ -88,8 +129,8 @@ async def demo(
     progress: bool | None = None,
     progress_file: TextIO | None = None,
 ) -> None:
-    """Run the seed scenario, a mapped step with a progress bar and a cancellation, saying
-    what happens at each step.
+    """Submit dependent tasks, run a call, map with a progress bar and cancel a long call,
+    saying what happens at each step.
 
     Text goes to ``say``; the bar goes to ``progress_file`` (default: ``sys.stderr``), if
     ``progress`` is true, or if it is ``None`` and that file is a terminal.
@@ -102,7 +143,7 @@ async def demo(
         scheduler = ex.client.scheduler
         assert scheduler is not None
         say(f"scheduler: {scheduler.address}")
-        say(f"dashboard: {ex.dashboard_link or '(not served: install bokeh for it)'}")
+        say(await _dashboard(ex))
         a = ex.submit(slow, 2, delay)
         b = ex.submit(slow, 5, delay)
         c = ex.submit(operator.add, a, b)
