@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import anyio
 import pytest
@@ -226,3 +227,59 @@ async def test_exit_confirms_many_cancellations_at_once(external_cluster: Extern
         for handle in ex.map(inc, range(1500), resources={"ABSENT": 1}):
             handle.cancel()  # before the scheduler even received them
     assert external_cluster.scheduler_keys() == set()
+
+
+async def test_exit_waits_for_calls_of_other_tasks(external_cluster: ExternalCluster) -> None:
+    """A normal exit waits for run(), compute(), retrieve() and gather() calls that other
+    tasks are making, and each of them gets its value (none is released on its way)."""
+    import dask
+
+    gate = f"gate-{uuid.uuid4()}"
+    results: dict[str, object] = {}
+    async with anyio.create_task_group() as tg:
+        async with DaskExecutor(external_cluster.address) as ex:
+            held = ex.submit(wait_for_event, gate)
+
+            async def call(name: str, make: Any) -> None:
+                results[name] = await make()
+
+            tg.start_soon(call, "run", lambda: ex.run(wait_for_event, gate))
+            tg.start_soon(call, "compute", lambda: ex.compute(dask.delayed(wait_for_event)(gate)))
+            tg.start_soon(call, "retrieve", lambda: ex.retrieve(held))
+            tg.start_soon(call, "gather", lambda: ex.gather([held]))
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(open_gate_once_exit_waits, external_cluster.address, gate)
+    assert results == {"run": gate, "compute": gate, "retrieve": gate, "gather": [gate]}
+    await external_cluster.wait_forgotten()
+
+
+async def open_gate_once_exit_waits(address: str, gate: str) -> None:
+    await anyio.wait_all_tasks_blocked()  # the executor's exit is waiting now
+    async with DaskExecutor(address) as other:
+        await other.run(set_event, gate)
+
+
+async def test_error_exit_cancels_calls_of_other_tasks(external_cluster: ExternalCluster) -> None:
+    """An error exit cancels the tasks of run() calls that other tasks are making: they
+    raise TaskCancelled, and the scheduler holds none of their keys afterwards."""
+    gate = f"gate-{uuid.uuid4()}"
+    failures: list[BaseException] = []
+
+    async def call(ex: DaskExecutor) -> None:
+        try:
+            await ex.run(wait_for_event, gate)
+        except TaskCancelled as failure:
+            failures.append(failure)
+
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(KeyError):
+            async with DaskExecutor(external_cluster.address) as ex:
+                tg.start_soon(call, ex)
+                tg.start_soon(call, ex)
+                await anyio.wait_all_tasks_blocked()
+                raise KeyError("body failed")
+    assert len(failures) == 2
+    assert all("exited with an error" in str(f) for f in failures)
+    assert external_cluster.scheduler_keys() == set()
+    async with DaskExecutor(external_cluster.address) as ex:
+        await ex.run(set_event, gate)  # free the worker threads of the cancelled tasks

@@ -188,3 +188,27 @@ async def test_killed_worker_passes_through() -> None:
                 assert excinfo.value.task == handle.key
             assert await ex.run(operator.add, 1, 2) == 3
             assert await ex.run(worker_pid) not in (first_pid, second_pid)
+
+
+async def test_remote_tracebacks_have_few_frames_of_ours(
+    external_cluster: ExternalCluster,
+) -> None:
+    """Between the caller and the remote code, a failure's traceback shows at most two
+    frames of dask-anyio, whichever call raised it (distributed's own bound is three)."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "run": lambda: ex.run(fail_with_value_error, "x"),
+            "await": lambda: wait_for(ex.submit(fail_with_value_error, "x")),
+            "retrieve": lambda: ex.retrieve(ex.submit(fail_with_value_error, "x")),
+            "gather": lambda: ex.gather([ex.submit(fail_with_value_error, "x")]),
+            "compute": lambda: ex.compute(dask.delayed(fail_with_value_error)("x")),
+        }
+        for name, call in calls.items():
+            with pytest.raises(ValueError, match="^x$") as excinfo:
+                await call()
+            frames = traceback.extract_tb(excinfo.value.__traceback__)
+            first_remote = next(
+                i for i, f in enumerate(frames) if f.filename.endswith("error_tasks.py")
+            )
+            ours = [f.name for f in frames[:first_remote] if "dask_anyio" in f.filename]
+            assert len(ours) <= 2, (name, ours)

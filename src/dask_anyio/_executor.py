@@ -17,7 +17,15 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import AsyncIterable, Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from contextlib import AsyncExitStack
 from numbers import Number
 from types import TracebackType
@@ -173,6 +181,11 @@ class DaskExecutor:
         self._forgotten_keys: set[Hashable] = set()
         #: Futures of keys a handle holds already (in persisted collections): released at exit.
         self._other_references: list[distributed.Future[Any]] = []
+        #: Calls fetching values now (see _call_under_way), and an event set when none is.
+        self._calls_under_way = 0
+        self._no_call_under_way: anyio.Event | None = None
+        #: Set by an error exit: a task adopted from now on is cancelled at once.
+        self._cancelling_all = False
         self._core: DaskCore
         self._core_opened = False
         self._runner: CoreRunner
@@ -237,8 +250,7 @@ class DaskExecutor:
         error = exc
         if error is None:
             try:
-                for handle in list(self._handles.values()):
-                    await self._wait_done(handle)
+                await self._wait_outstanding()
             except BaseException as wait_error:  # cancelled while waiting: as for an error
                 error = wait_error
         unobserved: list[Exception] = []
@@ -246,7 +258,10 @@ class DaskExecutor:
         try:
             with anyio.CancelScope(shield=True):
                 if error is not None:
+                    self._cancelling_all = True
                     await self._cancel_outstanding()
+                    await self._wait_calls()  # (what they adopt is cancelled at once)
+                    await self._cancel_outstanding()  # (what persist() adopted meanwhile)
                 released = await self._release_all()
                 unobserved = [
                     h._failure
@@ -291,8 +306,25 @@ class DaskExecutor:
             raise ExceptionGroup("tasks failed and nobody awaited them", failures)
         return None
 
+    async def _wait_outstanding(self) -> None:
+        """A normal exit: wait for every handle, and for every call fetching values (run(),
+        compute(), retrieve(), gather() of another task): each gets its value."""
+        while True:
+            for handle in list(self._handles.values()):
+                await self._wait_done(handle)
+            if not self._calls_under_way:  # (none starts now: the executor is closing)
+                return
+            await self._wait_calls()  # then wait for what they adopted (persist)
+
+    async def _wait_calls(self) -> None:
+        if self._calls_under_way:
+            self._no_call_under_way = anyio.Event()
+            await self._no_call_under_way.wait()
+
     async def _cancel_outstanding(self) -> None:
         pending = [h._future for h in self._handles.values() if not h.done()]
+        if not pending:
+            return
         await self._runner.run(self._core.cancel, pending, _REASON_EXIT)
         self._forgotten_keys.update(f.key for f in pending)
 
@@ -634,8 +666,18 @@ class DaskExecutor:
     async def _wait(self, handle: TaskHandle[Any]) -> None:
         """``await handle``: wait without transferring data, then raise its failure if any."""
         self._check_loop()
+        failure = await self._outcome(handle)
+        if failure is not None:  # raised here: the traceback shows one frame of ours
+            raise failure
+
+    async def _outcome(self, handle: TaskHandle[Any]) -> Exception | None:
+        """Wait until ``handle`` is done; return what ``await handle`` raises (then observed:
+        the caller raises it), or ``None``."""
         await self._wait_done(handle)
-        await self._raise_if_failed(handle)
+        failure = await self._failure_of(handle)
+        if failure is not None:
+            handle._observed = True
+        return failure
 
     async def _wait_done(self, handle: TaskHandle[Any]) -> None:
         """Wait until ``handle`` is done. Checkpoint; cancelling it only stops the waiting."""
@@ -736,12 +778,6 @@ class DaskExecutor:
             return TaskCancelled(handle.key, reason)
         return None
 
-    async def _raise_if_failed(self, handle: TaskHandle[Any]) -> None:
-        failure = await self._failure_of(handle)
-        if failure is not None:
-            handle._observed = True
-            raise failure
-
     async def retrieve(self, handle: TaskHandle[T]) -> T:
         """Return the value of the task behind ``handle``, transferring it to the client.
 
@@ -755,19 +791,27 @@ class DaskExecutor:
         self._check_handle(handle)
         self._check_open()
         await anyio.lowlevel.checkpoint_if_cancelled()
-        await self._wait(handle)
-        value: T = await self._value_of(handle)
-        return value
+        with self._call_under_way():
+            value, failure = await self._value_of(handle)
+        if failure is not None:
+            raise failure
+        result: T = value
+        return result
 
-    async def _value_of(self, handle: TaskHandle[Any]) -> Any:
-        """Fetch the value of a finished task; its failure if it was cancelled meanwhile."""
+    async def _value_of(self, handle: TaskHandle[Any]) -> tuple[Any, Exception | None]:
+        """Wait for ``handle`` and fetch its value: ``(value, None)``, or ``(None, failure)``
+        for the caller to raise (a failure raised here would add our frames to it)."""
+        failure = await self._outcome(handle)
+        if failure is not None:
+            return None, failure
         try:
-            return await self._runner.run(self._core.result, handle._future)
+            return await self._runner.run(self._core.result, handle._future), None
         except FutureCancelledError:  # released or cancelled while its value was on the way
             failure = await self._failure_of(handle)
             if failure is None:
                 failure = TaskCancelled(handle.key, "its key was released before its value came")
-            raise failure from None
+            failure.__suppress_context__ = True
+            return None, failure
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` on the cluster and return its value.
@@ -781,11 +825,15 @@ class DaskExecutor:
         self._check_open()
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing
         handle = self._submit(fn, args, kwargs, _RUN_OPTIONS)
-        value: T = await self._result_of_call(handle)
-        return value
+        value, failure = await self._result_of_call(handle)
+        if failure is not None:  # raised here: the traceback shows one frame of ours
+            raise failure
+        result: T = value
+        return result
 
-    async def _result_of_call(self, handle: TaskHandle[Any]) -> Any:
-        """Wait for and return the value of a task that belongs to this call (see run()).
+    async def _result_of_call(self, handle: TaskHandle[Any]) -> tuple[Any, Exception | None]:
+        """Wait for the value of a task that belongs to this call (see run()): ``(value,
+        None)``, or ``(None, failure)`` for the caller to raise.
 
         Others may hold its key too (a compute() of a persisted collection, two compute()
         calls of one collection): then this call lets go of its own reference only.
@@ -793,24 +841,48 @@ class DaskExecutor:
         key = handle._future.key
         self._calls.setdefault(key, []).append(handle)
         handle._observed = True
+        if self._cancelling_all and not handle.done():  # adopted during an error exit
+            handle._cancel_reason = _REASON_EXIT
+            cancel = functools.partial(self._core.cancel, [handle._future], _REASON_EXIT)
+            self._tg.start_soon(self._in_background, cancel)
         try:
-            await self._wait(handle)
-            return await self._value_of(handle)
+            with self._call_under_way():
+                value, failure = await self._value_of(handle)
         except anyio.get_cancelled_exc_class():
             if self._let_go_of_call(handle):  # the last holder of the key: cancel it
                 with anyio.CancelScope(shield=True):
                     await self._forget_handles([handle], _REASON_SCOPE)
             raise
-        except Exception:  # told to this caller: the exit must not tell it again
-            registered = self._handles.get(handle.key)
-            if registered is not None:
-                registered._observed = True
+        except Exception:
+            self._observed_by_call(handle)
             raise
         finally:
             if handle in self._calls.get(key, ()):  # not let go of yet
                 sole = self._let_go_of_call(handle)
                 if self._forget_handle(handle) and sole:
                     self._confirm_released(key)
+        if failure is not None:
+            self._observed_by_call(handle)
+        return value, failure
+
+    def _observed_by_call(self, handle: TaskHandle[Any]) -> None:
+        """A call's failure is told to its caller: the exit must not tell it again (also
+        through the handle that counts the key for several calls)."""
+        registered = self._handles.get(handle.key)
+        if registered is not None:
+            registered._observed = True
+
+    @contextlib.contextmanager
+    def _call_under_way(self) -> Iterator[None]:
+        """Count a call that fetches values (run, compute, retrieve, gather): the exit waits
+        for it before releasing any key, so that no value is lost on the way."""
+        self._calls_under_way += 1
+        try:
+            yield
+        finally:
+            self._calls_under_way -= 1
+            if not self._calls_under_way and self._no_call_under_way is not None:
+                self._no_call_under_way.set()
 
     def _let_go_of_call(self, handle: TaskHandle[Any]) -> bool:
         """A call stops waiting for ``handle``; return whether no one else holds its key
@@ -846,12 +918,16 @@ class DaskExecutor:
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_connected()
         compute = functools.partial(_checked_collection, self._core.compute, "compute")
-        future = await anyio.to_thread.run_sync(compute, collection)
-        handle: TaskHandle[Any] = TaskHandle(self, future)
-        if handle.key not in self._handles:  # else: a key held here already (persisted, or
-            self._handles[handle.key] = handle  # computed by another call): share it
-            self._submitted += 1
-        return await self._result_of_call(handle)
+        with self._call_under_way():  # (the exit must not pass while the graph is built)
+            future = await anyio.to_thread.run_sync(compute, collection)
+            handle: TaskHandle[Any] = TaskHandle(self, future)
+            if handle.key not in self._handles:  # else: a key held here already (persisted,
+                self._handles[handle.key] = handle  # or computed by another call): share it
+                self._submitted += 1
+            value, failure = await self._result_of_call(handle)
+        if failure is not None:  # raised here: the traceback shows one frame of ours
+            raise failure
+        return value
 
     async def persist(self, collection: C, /) -> C:
         """Start computing a Dask collection on the cluster; return it backed by that work.
@@ -867,7 +943,8 @@ class DaskExecutor:
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_connected()
         persist = functools.partial(_checked_collection, self._core.persist, "persist")
-        persisted, futures = await anyio.to_thread.run_sync(persist, collection)
+        with self._call_under_way():  # (the exit waits for the handles it adopts)
+            persisted, futures = await anyio.to_thread.run_sync(persist, collection)
         for future in futures:  # owned here; the collection holds these very futures
             handle: TaskHandle[Any] = TaskHandle(self, future)
             existing = self._handles.get(handle.key)
@@ -908,9 +985,11 @@ class DaskExecutor:
 
         _map_handles(handles, collect)
         await anyio.lowlevel.checkpoint()  # cancelled already: raises before any transfer
-        failed = await self._wait_all(list(found.values()), raise_first=errors == "raise")
-        keys = [k for k in found if k not in failed]
-        values = await self._runner.run(self._core.gather, [found[k]._future for k in keys])
+        with self._call_under_way():
+            failed = await self._wait_all(list(found.values()), raise_first=errors == "raise")
+            keys = [k for k in found if k not in failed]
+            futures = [found[k]._future for k in keys]
+            values = await self._runner.run(self._core.gather, futures)
         lookup = dict(zip(keys, values, strict=True))
         result = _map_handles(handles, lambda h: _SKIP if h.key in failed else lookup[h.key])
         return None if result is _SKIP else result
@@ -1007,7 +1086,7 @@ class DaskExecutor:
         *,
         with_results: Literal[True],
         raise_errors: Literal[True] = True,
-    ) -> AsCompleted[tuple[TaskHandle[T], T]]: ...
+    ) -> AsCompleted[tuple[TaskHandle[T], T | TaskCancelled]]: ...
     @overload
     def as_completed(
         self,
@@ -1038,9 +1117,11 @@ class DaskExecutor:
 
         A plain call; iterating is a checkpoint. Failed and cancelled tasks are yielded too.
         Add handles while iterating with :meth:`AsCompleted.add`. With ``with_results=True``
-        it yields ``(handle, value)`` pairs, transferring each value; a failed task then
-        raises its exception from the iteration, or, with ``raise_errors=False``, is yielded
-        as ``(handle, exception)``. Cancelling the iteration only stops the waiting.
+        it yields ``(handle, value)`` pairs, transferring each value; a cancelled task is
+        yielded as ``(handle, TaskCancelled(...))`` and the iteration goes on (as Dask's
+        ``as_completed`` yields its ``CancelledError``); a failed task raises its exception
+        from the iteration, or, with ``raise_errors=False``, is yielded as ``(handle,
+        exception)``. Cancelling the iteration only stops the waiting.
         """
         self._check_open()
         return AsCompleted(
