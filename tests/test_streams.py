@@ -391,3 +391,24 @@ async def test_imap_unpicklable_item_is_named_by_position(
         with pytest.raises(TypeError, match="item 5 of"):
             await collect(ex.imap(slow_identity, items, max_in_flight=8), got)
         assert got == [0, 1, 2, 3, 4]
+
+
+async def test_as_completed_with_results_yields_cancelled_tasks(
+    external_cluster: ExternalCluster,
+) -> None:
+    """with_results yields a cancelled task as (handle, TaskCancelled) and goes on, with
+    raise_errors either way (as Dask yields its CancelledError); only task errors raise."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        for raise_errors in (True, False):
+            cancelled = ex.submit(inc, 1, resources=ABSENT)
+            good = ex.submit(inc, 41)
+            cancelled.cancel()
+            outcomes = {
+                h: v
+                async for h, v in ex.as_completed(
+                    [cancelled, good], with_results=True, raise_errors=raise_errors
+                )
+            }
+            assert outcomes[good] == 42
+            assert isinstance(outcomes[cancelled], TaskCancelled)
+            assert "TaskHandle.cancel()" in str(outcomes[cancelled])

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 import anyio
 import anyio.lowlevel
 
-from ._handle import TaskHandle, TaskStatus
+from ._handle import TaskCancelled, TaskHandle, TaskStatus
 
 if TYPE_CHECKING:
     from ._executor import DaskExecutor
@@ -111,6 +111,8 @@ class AsCompleted(Generic[Y_co]):
             return item  # type: ignore[no-any-return]
         try:
             value: Any = await self._executor.retrieve(handle)
+        except TaskCancelled as cancelled:  # an outcome, as Dask yields its CancelledError
+            return (handle, cancelled)  # type: ignore[return-value]
         except Exception as failure:
             if self._raise_errors:
                 raise

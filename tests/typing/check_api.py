@@ -27,6 +27,7 @@ from dask_anyio import (
     DaskExecutor,
     ExecutorStatistics,
     ResultStream,
+    TaskCancelled,
     TaskHandle,
     TaskStatus,
     checkpoint,
@@ -108,9 +109,9 @@ async def check_as_completed(ex: DaskExecutor, flag: bool) -> None:
 
     async for handle, value in ex.as_completed(handles, with_results=True):
         assert_type(handle, TaskHandle[int])
-        assert_type(value, int)
+        assert_type(value, int | TaskCancelled)
     async for pair in ex.as_completed(handles, with_results=True, raise_errors=True):
-        assert_type(pair, tuple[TaskHandle[int], int])
+        assert_type(pair, tuple[TaskHandle[int], int | TaskCancelled])
 
     async for handle, outcome in ex.as_completed(handles, with_results=True, raise_errors=False):
         assert_type(handle, TaskHandle[int])
