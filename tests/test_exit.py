@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from dask_anyio import DaskExecutor, TaskCancelled, TaskHandle, TaskStatus
@@ -236,19 +237,18 @@ async def test_exit_waits_for_calls_of_other_tasks(external_cluster: ExternalClu
 
     gate = f"gate-{uuid.uuid4()}"
     results: dict[str, object] = {}
-    async with anyio.create_task_group() as tg:
-        async with DaskExecutor(external_cluster.address) as ex:
-            held = ex.submit(wait_for_event, gate)
+    async with anyio.create_task_group() as tg, DaskExecutor(external_cluster.address) as ex:
+        held = ex.submit(wait_for_event, gate)
 
-            async def call(name: str, make: Any) -> None:
-                results[name] = await make()
+        async def call(name: str, make: Any) -> None:
+            results[name] = await make()
 
-            tg.start_soon(call, "run", lambda: ex.run(wait_for_event, gate))
-            tg.start_soon(call, "compute", lambda: ex.compute(dask.delayed(wait_for_event)(gate)))
-            tg.start_soon(call, "retrieve", lambda: ex.retrieve(held))
-            tg.start_soon(call, "gather", lambda: ex.gather([held]))
-            await anyio.wait_all_tasks_blocked()
-            tg.start_soon(open_gate_once_exit_waits, external_cluster.address, gate)
+        tg.start_soon(call, "run", lambda: ex.run(wait_for_event, gate))
+        tg.start_soon(call, "compute", lambda: ex.compute(dask.delayed(wait_for_event)(gate)))
+        tg.start_soon(call, "retrieve", lambda: ex.retrieve(held))
+        tg.start_soon(call, "gather", lambda: ex.gather([held]))
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(open_gate_once_exit_waits, external_cluster.address, gate)
     assert results == {"run": gate, "compute": gate, "retrieve": gate, "gather": [gate]}
     await external_cluster.wait_forgotten()
 
@@ -271,13 +271,16 @@ async def test_error_exit_cancels_calls_of_other_tasks(external_cluster: Externa
         except TaskCancelled as failure:
             failures.append(failure)
 
+    async def body(tg: anyio.abc.TaskGroup) -> None:
+        async with DaskExecutor(external_cluster.address) as ex:
+            tg.start_soon(call, ex)
+            tg.start_soon(call, ex)
+            await anyio.wait_all_tasks_blocked()
+            raise KeyError("body failed")
+
     async with anyio.create_task_group() as tg:
         with pytest.raises(KeyError):
-            async with DaskExecutor(external_cluster.address) as ex:
-                tg.start_soon(call, ex)
-                tg.start_soon(call, ex)
-                await anyio.wait_all_tasks_blocked()
-                raise KeyError("body failed")
+            await body(tg)
     assert len(failures) == 2
     assert all("exited with an error" in str(f) for f in failures)
     assert external_cluster.scheduler_keys() == set()

@@ -204,7 +204,7 @@ async def test_remote_tracebacks_have_few_frames_of_ours(
             "compute": lambda: ex.compute(dask.delayed(fail_with_value_error)("x")),
         }
         for name, call in calls.items():
-            with pytest.raises(ValueError, match="^x$") as excinfo:
+            with pytest.raises(ValueError, match=r"^x$") as excinfo:
                 await call()
             frames = traceback.extract_tb(excinfo.value.__traceback__)
             first_remote = next(
