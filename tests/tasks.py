@@ -260,3 +260,15 @@ async def add_async(x: int, y: int) -> int:
 
     await asyncio.sleep(0)
     return x + y
+
+
+def count_call(path: str, value: Any) -> Any:
+    """Append a line to the file ``path`` (a count of the calls) and return ``value``."""
+    with open(path, "a") as file:
+        file.write("called\n")
+    return value
+
+
+def worker_address() -> str:
+    """The address of the worker running this task."""
+    return str(distributed.get_worker().address)

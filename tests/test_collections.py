@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,7 +19,15 @@ from dask.core import flatten
 from dask_anyio import DaskExecutor
 
 from .conftest import ExternalCluster
-from .tasks import RemoteOnlyError, inc, raise_remote_only, set_event, wait_for_event
+from .tasks import (
+    RemoteOnlyError,
+    count_call,
+    inc,
+    raise_remote_only,
+    set_event,
+    wait_for_event,
+    worker_address,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -237,4 +246,55 @@ async def test_handles_inside_dask_graphs(external_cluster: ExternalCluster) -> 
         assert await ex.compute(persisted) == 20
         block = ex.submit(operator.add, [1, 2], [3])
         assert await ex.compute(db.from_delayed([dask.delayed(block)]).sum()) == 6
+    await external_cluster.wait_forgotten()
+
+
+async def test_several_collections_at_once(
+    external_cluster: ExternalCluster, tmp_path: Path
+) -> None:
+    """compute(a, b) and persist(a, b) submit one graph, as dask.compute(a, b) does: a part
+    they share runs once, and a tuple comes back."""
+    counter = str(tmp_path / "calls")
+
+    def calls() -> int:
+        return len(Path(counter).read_text().splitlines())
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        shared = dask.delayed(count_call)(counter, 20)
+        a, b = dask.delayed(inc)(shared), dask.delayed(operator.mul)(shared, 2)
+        assert await ex.compute(a, b) == (21, 40)
+        assert calls() == 1
+        assert await ex.compute(dask.delayed(inc)(1)) == 2  # one gives its value
+        shared = dask.delayed(count_call)(counter, 30)
+        a, b = dask.delayed(inc)(shared), dask.delayed(operator.mul)(shared, 2)
+        pa, pb = await ex.persist(a, b)
+        assert await ex.compute(pa, pb) == (31, 60)
+        assert calls() == 2
+        with pytest.raises(TypeError, match=r"needs a Dask collection .*\(argument 1\)"):
+            await ex.compute(a, 3)
+        with pytest.raises(TypeError, match=r"\(argument 2\)"):
+            await ex.persist(a, b, [a])
+    await external_cluster.wait_forgotten()
+
+
+async def test_options_of_compute_and_persist(external_cluster: ExternalCluster) -> None:
+    """compute() and persist() take Dask's options: workers, resources, retries, priority,
+    optimize_graph; bad values are refused before anything is sent."""
+    worker = external_cluster.workers[0]
+    async with DaskExecutor(external_cluster.address) as ex:
+        where = dask.delayed(worker_address)()
+        assert await ex.compute(where, workers=worker) == worker
+        assert (
+            await ex.compute(where, resources={"SLOT": 1}, priority=5) in external_cluster.workers
+        )
+        assert await ex.compute(dask.delayed(inc)(1), optimize_graph=False, retries=2) == 2
+        (persisted,) = [await ex.persist(where, workers=[worker])]
+        assert await ex.compute(persisted) == worker
+        with pytest.raises(TypeError, match="optimize_graph"):
+            await ex.compute(where, optimize_graph="no")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="retries"):
+            await ex.persist(where, retries=-1)
+        with pytest.raises(ValueError, match="resources"):
+            await ex.compute(where, resources={"SLOT": -1})
+        assert ex.statistics().submitted == 4
     await external_cluster.wait_forgotten()

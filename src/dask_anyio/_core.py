@@ -366,21 +366,26 @@ class DaskCore:
             raise
         return futures
 
-    def compute(self, collection: Any) -> distributed.Future[Any]:
-        """Submit a Dask collection's graph; return the future of its result.
+    def compute(
+        self, collections: list[Any], options: SubmitOptions
+    ) -> list[distributed.Future[Any]]:
+        """Submit the graph of Dask collections, as one graph (shared parts computed once);
+        return the futures of their results. ``options`` are :meth:`distributed.Client.compute`'s.
 
         Thread-safe, and meant to be called from a worker thread: Dask optimises the graph
         in the calling thread, which may take long for a big graph.
         """
-        future: distributed.Future[Any] = self.client.compute(collection, sync=False)
-        return future
+        return list(self.client.compute(collections, sync=False, traverse=False, **options))
 
-    def persist(self, collection: Any) -> tuple[Any, list[distributed.Future[Any]]]:
-        """Submit a Dask collection's graph; return the persisted collection and its futures.
+    def persist(
+        self, collections: list[Any], options: SubmitOptions
+    ) -> tuple[list[Any], list[distributed.Future[Any]]]:
+        """Submit the graph of Dask collections, as :meth:`compute` does; return the persisted
+        collections and their futures.
 
         Thread-safe; call it from a worker thread, as :meth:`compute`.
         """
-        persisted = self.client.persist(collection)
+        persisted = list(self.client.persist(collections, **options))
         return persisted, list(distributed.futures_of(persisted))
 
     @staticmethod

@@ -825,52 +825,83 @@ class DaskExecutor:
         self._check_open()
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing
         handle = self._submit(fn, args, kwargs, _RUN_OPTIONS)
-        value, failure = await self._result_of_call(handle)
+        values, failure = await self._results_of_call([handle])
         if failure is not None:  # raised here: the traceback shows one frame of ours
             raise failure
-        result: T = value
+        result: T = values[0]
         return result
 
-    async def _result_of_call(self, handle: TaskHandle[Any]) -> tuple[Any, Exception | None]:
-        """Wait for the value of a task that belongs to this call (see run()): ``(value,
-        None)``, or ``(None, failure)`` for the caller to raise.
+    async def _results_of_call(
+        self, handles: list[TaskHandle[Any]]
+    ) -> tuple[list[Any], Exception | None]:
+        """Wait for the values of tasks that belong to this call (run(), compute()):
+        ``(values, None)``, or ``([], failure)`` for the caller to raise.
 
-        Others may hold its key too (a compute() of a persisted collection, two compute()
-        calls of one collection): then this call lets go of its own reference only.
+        Others may hold their keys too (a compute() of a persisted collection, two compute()
+        calls of one collection): then this call lets go of its own references only.
         """
-        key = handle._future.key
-        self._calls.setdefault(key, []).append(handle)
-        handle._observed = True
-        if self._cancelling_all and not handle.done():  # adopted during an error exit
-            handle._cancel_reason = _REASON_EXIT
-            cancel = functools.partial(self._core.cancel, [handle._future], _REASON_EXIT)
-            self._tg.start_soon(self._in_background, cancel)
+        for handle in handles:
+            self._calls.setdefault(handle._future.key, []).append(handle)
+            handle._observed = True
+            if self._cancelling_all and not handle.done():  # adopted during an error exit
+                handle._cancel_reason = _REASON_EXIT
+                cancel = functools.partial(self._core.cancel, [handle._future], _REASON_EXIT)
+                self._tg.start_soon(self._in_background, cancel)
         try:
             with self._call_under_way():
-                value, failure = await self._value_of(handle)
+                values, failure = await self._values_of(handles)
         except anyio.get_cancelled_exc_class():
-            if self._let_go_of_call(handle):  # the last holder of the key: cancel it
+            sole = [h for h in handles if self._let_go_of_call(h)]
+            if sole:  # the last holders of these keys: cancel them
                 with anyio.CancelScope(shield=True):
-                    await self._forget_handles([handle], _REASON_SCOPE)
+                    await self._forget_handles(sole, _REASON_SCOPE)
             raise
         except Exception:
-            self._observed_by_call(handle)
+            self._observed_by_call(handles)
             raise
         finally:
-            if handle in self._calls.get(key, ()):  # not let go of yet
-                sole = self._let_go_of_call(handle)
-                if self._forget_handle(handle) and sole:
-                    self._confirm_released(key)
+            for handle in handles:
+                key = handle._future.key
+                if handle in self._calls.get(key, ()):  # not let go of yet
+                    sole = self._let_go_of_call(handle)
+                    if self._forget_handle(handle) and sole:
+                        self._confirm_released(key)
         if failure is not None:
-            self._observed_by_call(handle)
-        return value, failure
+            self._observed_by_call(handles)
+        return values, failure
 
-    def _observed_by_call(self, handle: TaskHandle[Any]) -> None:
+    async def _values_of(
+        self, handles: list[TaskHandle[Any]]
+    ) -> tuple[list[Any], Exception | None]:
+        """Wait for ``handles`` and fetch their values, as :meth:`_value_of` does for one."""
+        if len(handles) == 1:  # run(): the round trip that counts
+            value, failure = await self._value_of(handles[0])
+            return [value], failure
+        _, failure = await self._wait_all(handles, stop_at_failure=True)
+        if failure is not None:
+            return [], failure
+        try:
+            values = await self._runner.run(self._core.gather, [h._future for h in handles])
+        except FutureCancelledError:  # released or cancelled while the values were on the way
+            for handle in handles:
+                failure = await self._failure_of(handle)
+                if failure is not None:
+                    break
+            else:
+                failure = TaskCancelled(
+                    handles[0].key, "its key was released before its value came"
+                )
+            failure.__suppress_context__ = True
+            return [], failure
+        return values, None
+
+    def _observed_by_call(self, handles: list[TaskHandle[Any]]) -> None:
         """A call's failure is told to its caller: the exit must not tell it again (also
-        through the handle that counts the key for several calls)."""
-        registered = self._handles.get(handle.key)
-        if registered is not None:
-            registered._observed = True
+        through the handles that count the keys for several calls)."""
+        for handle in handles:
+            registered = self._handles.get(handle.key)
+            if registered is not None:
+                registered._observed = True
 
     @contextlib.contextmanager
     def _call_under_way(self) -> Iterator[None]:
@@ -903,49 +934,136 @@ class DaskExecutor:
         self._forget_handle(handle)
         return False
 
-    async def compute(self, collection: Any, /) -> Any:
-        """Compute a Dask collection on the cluster and return its value.
+    async def compute(
+        self,
+        collection: Any,
+        /,
+        *collections: Any,
+        optimize_graph: bool = True,
+        priority: int = 0,
+        retries: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+    ) -> Any:
+        """Compute Dask collections on the cluster and return their values.
 
-        Checkpoint. ``collection`` is anything Dask can compute: ``dask.delayed`` objects,
-        ``dask.array``, ``dask.bag``, ``dask.dataframe`` (with pandas installed). Dask builds
+        Checkpoint. A collection is anything Dask can compute: ``dask.delayed`` objects,
+        ``dask.array``, ``dask.bag``, ``dask.dataframe`` (with pandas installed). One
+        collection gives its value; several give a tuple of values, computed as one graph
+        (as ``dask.compute(a, b)`` does: the parts they share are computed once). Dask builds
         and optimises the graph in a worker thread, so the event loop stays responsive. As
         with :meth:`run`, the tasks belong to this call: cancelling the caller cancels them
         on the cluster, and returning releases them.
 
-        :raises TypeError: if ``collection`` is not a Dask collection.
+        ``optimize_graph=False`` skips Dask's graph optimisation; the other options are
+        those of :meth:`submit`, for every task of the graph.
+
+        :raises TypeError: if an argument is not a Dask collection.
         """
         self._check_open()
+        options = self._collection_options(
+            optimize_graph, priority, retries, resources, workers, allow_other_workers
+        )
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_connected()
-        compute = functools.partial(_checked_collection, self._core.compute, "compute")
+        every = [collection, *collections]
+        compute = functools.partial(_checked_collections, self._core.compute, "compute")
         with self._call_under_way():  # (the exit must not pass while the graph is built)
-            future = await anyio.to_thread.run_sync(compute, collection)
-            handle: TaskHandle[Any] = TaskHandle(self, future)
-            if handle.key not in self._handles:  # else: a key held here already (persisted,
-                self._handles[handle.key] = handle  # or computed by another call): share it
-                self._submitted += 1
-            value, failure = await self._result_of_call(handle)
+            futures = await anyio.to_thread.run_sync(compute, every, options)
+            handles = [self._adopt_for_call(future) for future in futures]
+            values, failure = await self._results_of_call(handles)
         if failure is not None:  # raised here: the traceback shows one frame of ours
             raise failure
-        return value
+        return tuple(values) if collections else values[0]
 
-    async def persist(self, collection: C, /) -> C:
-        """Start computing a Dask collection on the cluster; return it backed by that work.
+    def _adopt_for_call(self, future: distributed.Future[Any]) -> TaskHandle[Any]:
+        handle: TaskHandle[Any] = TaskHandle(self, future)
+        if handle.key not in self._handles:  # else: a key held here already (persisted, or
+            self._handles[handle.key] = handle  # computed by another call): share it
+            self._submitted += 1
+        return handle
 
-        Checkpoint (the graph is built in a worker thread). The returned collection holds
-        futures that this executor owns, as it owns handles: the exit waits for them (or
-        cancels them on error) and releases them. Compute on it with :meth:`compute`, while
-        the executor is open. Cancelling the caller does not cancel the persisted work.
+    def _collection_options(
+        self,
+        optimize_graph: bool,
+        priority: int,
+        retries: int | None,
+        resources: Mapping[str, float] | None,
+        workers: str | Iterable[str] | None,
+        allow_other_workers: bool,
+    ) -> dict[str, Any]:
+        """The options of compute() and persist(), checked as submit()'s are."""
+        if not isinstance(optimize_graph, bool):
+            raise TypeError(f"optimize_graph must be True or False, not {optimize_graph!r}")
+        options = self._options(
+            None, False, priority, retries, resources, workers, allow_other_workers
+        )
+        del options["key"], options["pure"]
+        return {**options, "optimize_graph": optimize_graph}
 
-        :raises TypeError: if ``collection`` is not a Dask collection.
+    @overload
+    async def persist(
+        self,
+        collection: C,
+        /,
+        *,
+        optimize_graph: bool = True,
+        priority: int = 0,
+        retries: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+    ) -> C: ...
+    @overload
+    async def persist(
+        self,
+        collection: C,
+        other: Any,
+        /,
+        *collections: Any,
+        optimize_graph: bool = True,
+        priority: int = 0,
+        retries: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+    ) -> tuple[Any, ...]: ...
+    async def persist(
+        self,
+        collection: Any,
+        /,
+        *collections: Any,
+        optimize_graph: bool = True,
+        priority: int = 0,
+        retries: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+    ) -> Any:
+        """Start computing Dask collections on the cluster; return them backed by that work.
+
+        Checkpoint (the graph is built in a worker thread). One collection gives one
+        persisted collection; several give a tuple of them, submitted as one graph (shared
+        parts computed once). The returned collections hold futures that this executor
+        owns, as it owns handles: the exit waits for them (or cancels them on error) and
+        releases them. Compute on them with :meth:`compute`, while the executor is open.
+        Cancelling the caller does not cancel the persisted work. The options are those of
+        :meth:`compute`.
+
+        :raises TypeError: if an argument is not a Dask collection.
         """
         self._check_open()
+        options = self._collection_options(
+            optimize_graph, priority, retries, resources, workers, allow_other_workers
+        )
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_connected()
-        persist = functools.partial(_checked_collection, self._core.persist, "persist")
+        every = [collection, *collections]
+        persist = functools.partial(_checked_collections, self._core.persist, "persist")
         with self._call_under_way():  # (the exit waits for the handles it adopts)
-            persisted, futures = await anyio.to_thread.run_sync(persist, collection)
-        for future in futures:  # owned here; the collection holds these very futures
+            persisted, futures = await anyio.to_thread.run_sync(persist, every, options)
+        for future in futures:  # owned here; the collections hold these very futures
             handle: TaskHandle[Any] = TaskHandle(self, future)
             existing = self._handles.get(handle.key)
             if existing is None:
@@ -960,8 +1078,7 @@ class DaskExecutor:
             else:
                 self._other_references.append(future)
             self._forgotten_keys.discard(future.key)
-        result: C = persisted
-        return result
+        return tuple(persisted) if collections else persisted[0]
 
     async def gather(self, handles: Any, /, *, errors: Literal["raise", "skip"] = "raise") -> Any:
         """Return the values of the tasks behind ``handles``, in the same structure.
@@ -986,7 +1103,11 @@ class DaskExecutor:
         _map_handles(handles, collect)
         await anyio.lowlevel.checkpoint()  # cancelled already: raises before any transfer
         with self._call_under_way():
-            failed = await self._wait_all(list(found.values()), raise_first=errors == "raise")
+            failed, failure = await self._wait_all(
+                list(found.values()), stop_at_failure=errors == "raise"
+            )
+            if failure is not None:
+                raise failure
             keys = [k for k in found if k not in failed]
             futures = [found[k]._future for k in keys]
             values = await self._runner.run(self._core.gather, futures)
@@ -994,9 +1115,12 @@ class DaskExecutor:
         result = _map_handles(handles, lambda h: _SKIP if h.key in failed else lookup[h.key])
         return None if result is _SKIP else result
 
-    async def _wait_all(self, handles: list[TaskHandle[Any]], *, raise_first: bool) -> set[str]:
+    async def _wait_all(
+        self, handles: list[TaskHandle[Any]], *, stop_at_failure: bool
+    ) -> tuple[set[str], Exception | None]:
         """Wait until every handle is done; return the keys of those that failed (or were
-        cancelled), or raise the first failure as soon as it is known if ``raise_first``.
+        cancelled). With ``stop_at_failure``, return as soon as one failure is known, with
+        it (for the caller to raise: its traceback then shows only the caller's frame).
 
         Handles are looked at in completion order, as many per wake-up as are done: unlike
         ``as_completed``, whose every iteration is a checkpoint, this waits once per batch
@@ -1022,11 +1146,11 @@ class DaskExecutor:
                     failure = await self._failure_of(handle)
                     if failure is not None:
                         handle._observed = True
-                        if raise_first:
-                            raise failure
+                        if stop_at_failure:
+                            return failed, failure
                         failed.add(handle.key)
                 if not outstanding:
-                    return failed
+                    return failed, None
                 wakeup[0] = anyio.Event()  # nothing is done and unseen: wait for more
                 await wakeup[0].wait()
         finally:
@@ -1302,15 +1426,23 @@ def _check_prefix(key: object) -> str:
     return key
 
 
-def _checked_collection(fn: Callable[[Any], T], what: str, collection: Any) -> T:
-    """``fn(collection)`` if it is a Dask collection. In a worker thread: telling may
-    already build the graph."""
-    if not is_dask_collection(collection):
-        raise TypeError(
-            f"{what}() needs a Dask collection (dask.delayed, dask.array, dask.bag, "
-            f"dask.dataframe), not {collection!r}; for a function call, use submit() or run()"
-        )
-    return fn(collection)
+def _checked_collections(
+    fn: Callable[[list[Any], dict[str, Any]], T],
+    what: str,
+    collections: list[Any],
+    options: dict[str, Any],
+) -> T:
+    """``fn(collections, options)`` if they are Dask collections. In a worker thread:
+    telling may already build the graph."""
+    for position, collection in enumerate(collections):
+        if not is_dask_collection(collection):
+            which = f" (argument {position})" if len(collections) > 1 else ""
+            raise TypeError(
+                f"{what}() needs a Dask collection (dask.delayed, dask.array, dask.bag, "
+                f"dask.dataframe), not {collection!r}{which}; for a function call, use "
+                "submit() or run()"
+            )
+    return fn(collections, options)
 
 
 async def _cancel_reason(future: distributed.Future[Any]) -> str:
