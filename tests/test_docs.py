@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import runpy
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,8 @@ def test_the_docs_have_no_inline_python() -> None:
     that the tests run it."""
     for page in PAGES:
         text = page.read_text()
-        fences = re.findall(r"^(?:```+|~~~+)\s*(\{[\w-]+\})?\s*(\w*)", text, re.M)
+        # (within the fence's line: a closing fence followed by "Python ..." is prose)
+        fences = re.findall(r"^(?:```+|~~~+)[ \t]*(\{[\w-]+\})?[ \t]*(\w*)", text, re.M)
         for directive, language in fences:
             assert language.lower() not in ("python", "py", "python3", "pycon"), page
             assert directive in ("", "{literalinclude}", "{toctree}", "{include}", "{eval-rst}"), (
@@ -108,3 +111,87 @@ def test_the_reference_documents_every_public_name() -> None:
         cls, method = name.split(".")
         block = reference.split(f":: {cls}", 1)[1].split(".. auto", 1)[0]
         assert re.search(rf"\b{method}\b", block), f"{name} is not in the reference"
+
+
+# -- the front page ------------------------------------------------------------------------
+
+INDEX = DOCS / "index.md"
+
+
+def _plain(markdown: str) -> str:
+    """Markdown's text without links' targets, emphasis and line breaks."""
+    markdown = re.sub(r"\[([^]]*)\]\([^)]*\)", r"\1", markdown)
+    return " ".join(markdown.replace("**", "").split())
+
+
+def _index_as_shown() -> str:
+    """The front page's source with the part of the README it includes put in."""
+    text = INDEX.read_text()
+    readme = (ROOT / "README.md").read_text()
+
+    def include(directive: re.Match[str]) -> str:
+        assert directive.group(1) == "../README.md"
+        options = dict(re.findall(r':([\w-]+): "([^"]*)"', directive.group(2)))
+        return readme.split(options["start-after"], 1)[1].split(options["end-before"], 1)[0]
+
+    return re.sub(r"```\{include\} (\S+)\n(.*?)```", include, text, flags=re.S)
+
+
+def test_the_front_page_says_its_tagline_once() -> None:
+    """The front page does not repeat the README's first sentence above it."""
+    shown = _plain(_index_as_shown())
+    assert shown.count("Submit work to a Dask cluster from asyncio and trio") == 1
+
+
+def test_the_front_page_has_an_install_line() -> None:
+    """The front page gives the install command, with extras that exist."""
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    installs = re.findall(r"^\$ pip install '([^']+)'$", INDEX.read_text(), re.M)
+    assert installs, "no install line on the front page"
+    for install in installs:
+        requirement = Requirement(install)
+        assert requirement.name == "dask-anyio"
+        assert requirement.extras <= set(extras["optional-dependencies"]), install
+
+
+def test_the_footer_names_the_copyright_holder() -> None:
+    """The footer reads "Copyright © <year>, <holder>" as the LICENSE does, not a bare
+    "Copyright ©"."""
+    conf = runpy.run_path(str(DOCS / "conf.py"))
+    license_line = (ROOT / "LICENSE").read_text().splitlines()[2]
+    assert license_line == f"Copyright (c) {conf['copyright']}"
+
+
+#: furo's code font sizes, as fractions of the text's (16 px); furo's default is small--2.
+_FURO_SIZES = {"var(--font-size--small--2)": 0.8125, "var(--font-size--small--3)": 0.75}
+#: What furo leaves for a line of code at desktop widths: its 46em column less the code
+#: block's padding (0.875rem each side), in px; monospace fonts advance 0.602em a character.
+_FURO_CODE_WIDTH = 46 * 16 - 2 * 14
+_MONOSPACE_ADVANCE = 0.602
+
+
+def test_examples_fit_the_code_column() -> None:
+    """No example's line runs past the right edge of furo's column at the configured code
+    font size (the README's aligned comments were cut off on the front page)."""
+    conf = runpy.run_path(str(DOCS / "conf.py"))
+    variables = conf.get("html_theme_options", {}).get("light_css_variables", {})
+    size = _FURO_SIZES[variables.get("code-font-size", "var(--font-size--small--2)")]
+    columns = int(_FURO_CODE_WIDTH / (16 * size * _MONOSPACE_ADVANCE))
+    for example in EXAMPLES:
+        for number, line in enumerate(example.read_text().splitlines(), 1):
+            assert len(line) <= columns, f"{example.name}:{number} is wider than {columns}"
+
+
+# -- the guides ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["howto/cancellation.md"])
+def test_the_guide_explains_before_it_shows(page: str) -> None:
+    """The guide opens with its rules in prose (here, at least 80 words) before its first
+    example, not with a block of code."""
+    text = (DOCS / page).read_text()
+    before = text.split("```{literalinclude}", 1)[0]
+    prose = [line for line in before.splitlines() if not line.startswith("#")]
+    assert len(" ".join(prose).split()) >= 80
