@@ -3,18 +3,22 @@ resolve, the README agrees with the guides, and the reference says what cancella
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import operator
 import re
 import runpy
 import tomllib
 from pathlib import Path
+from typing import Any
 
+import dask
 import pytest
 
 import dask_anyio
-from dask_anyio import AsCompleted, DaskExecutor, ResultStream, TaskHandle
+from dask_anyio import AsCompleted, DaskExecutor, ResultStream, TaskHandle, TaskStatus
 
-from .conftest import ROOT
+from .conftest import ABSENT, ROOT, ExternalCluster
 
 DOCS = ROOT / "docs"
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts)
@@ -41,6 +45,7 @@ def test_every_example_is_shown_and_run() -> None:
     shown = "".join(page.read_text() for page in PAGES)
     tests = (ROOT / "tests" / "test_docs_examples.py").read_text()
     tests += (ROOT / "tests" / "test_readme.py").read_text()
+    tests += (ROOT / "tests" / "test_docs.py").read_text()
     for example in EXAMPLES:
         relative = example.relative_to(DOCS / "examples").as_posix()
         if relative == "readme.py":
@@ -187,7 +192,7 @@ def test_examples_fit_the_code_column() -> None:
 # -- the guides ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("page", ["howto/cancellation.md"])
+@pytest.mark.parametrize("page", ["howto/cancellation.md", "howto/streaming.md"])
 def test_the_guide_explains_before_it_shows(page: str) -> None:
     """The guide opens with its rules in prose (here, at least 80 words) before its first
     example, not with a block of code."""
@@ -195,3 +200,65 @@ def test_the_guide_explains_before_it_shows(page: str) -> None:
     before = text.split("```{literalinclude}", 1)[0]
     prose = [line for line in before.splitlines() if not line.startswith("#")]
     assert len(" ".join(prose).split()) >= 80
+
+
+#: The one line that cancels what a loop over handles left.
+CANCEL_THE_REST = "for handle in handles: handle.cancel()"
+
+
+def test_leaving_as_completed_early_is_explained_where_users_look() -> None:
+    """The README's rules, the streaming guide and the cancellation guide say that leaving an
+    as_completed loop early leaves its tasks to the executor's exit, with the line that
+    cancels them."""
+    readme = (ROOT / "README.md").read_text()
+    rules = readme.split("## Rules in one screen", 1)[1].split("\n## ", 1)[0]
+    streaming = (DOCS / "howto" / "streaming.md").read_text()
+    cancellation = (DOCS / "howto" / "cancellation.md").read_text()
+    for text in (rules, streaming, cancellation):
+        assert "as_completed" in text
+        assert f"`{CANCEL_THE_REST}`" in text
+    assert "examples/howto/streaming_early_exit.py" in streaming
+
+
+def _early_exit_example() -> Any:
+    """The streaming guide's example of leaving early, imported by its name from the
+    repository's root (as the external cluster's processes import it)."""
+    example = DOCS / "examples" / "howto" / "streaming_early_exit.py"
+    return importlib.import_module(".".join(example.relative_to(ROOT).with_suffix("").parts))
+
+
+@pytest.mark.anyio
+async def test_leaving_as_completed_early_cancels_the_rest(
+    external_cluster: ExternalCluster,
+) -> None:
+    """The streaming guide's example: a timeout around the loop alone, then the line that
+    cancels the rest; a task already done stays done, the others are cancelled at once, and
+    the executor's exit does not wait for them."""
+    early = _early_exit_example()
+    with dask.config.set({"scheduler-address": external_cluster.address}):
+        async with DaskExecutor() as ex:
+            done = ex.submit(operator.add, 1, 2)
+            await done
+            never = ex.map(early.simulate, range(3), resources=ABSENT)  # can never start
+            try:
+                # deadline 0: the loop is left at its first checkpoint
+                assert await early.first_results(ex, [done, *never], 0) == []
+                assert done.status is TaskStatus.FINISHED
+                assert [handle.status for handle in never] == [TaskStatus.CANCELLED] * 3
+            finally:  # (else the exit would wait for them forever)
+                for handle in never:
+                    handle.cancel()
+            assert await ex.retrieve(done) == 3
+    assert external_cluster.scheduler_keys() == set()
+
+
+@pytest.mark.anyio
+async def test_early_exit_example_runs(
+    external_cluster: ExternalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The example's program runs and says how many tasks were done in time."""
+    with dask.config.set({"scheduler-address": external_cluster.address}):
+        await _early_exit_example().main(seconds=0.5)
+    out = capsys.readouterr().out
+    assert re.fullmatch(r"\d+ of 100 done within 0.5 s; the rest cancelled\n", out), out
+    assert external_cluster.scheduler_keys() == set()
