@@ -12,7 +12,7 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
-TEST_DEPS = ["pytest>=8.4", "pytest-timeout", "psutil", "uvloop", "trustme", "starlette"]
+TEST_DEPS = ["pytest>=8.4", "pytest-timeout", "psutil", "uvloop", "trustme", "starlette", "bokeh>=3.1"]
 
 
 @nox.session(python=PYTHON)

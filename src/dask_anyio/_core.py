@@ -28,6 +28,7 @@ from distributed.deploy.cluster import Cluster
 from distributed.security import Security
 from distributed.utils import iscoroutinefunction
 
+from ._client import Client
 from ._remote import run_coroutine
 
 __all__ = ["DaskCore", "SubmitOptions"]
@@ -216,7 +217,7 @@ class DaskCore:
                 "tls_client_cert=..., tls_client_key=...) or set Dask's distributed.comm.tls "
                 "configuration"
             )
-        client = distributed.Client(
+        client = Client(
             address,
             asynchronous=True,
             security=security,

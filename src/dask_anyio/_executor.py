@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import threading
 from collections import Counter
 from collections.abc import (
     AsyncIterable,
@@ -41,6 +42,7 @@ from distributed.client import FutureCancelledError
 from distributed.deploy.cluster import Cluster
 
 from ._bridge import CoreRunner, open_core_runner
+from ._client import current_client
 from ._core import DaskCore, _connect_timeout, logger
 from ._handle import ExecutorStatistics, SchedulerLost, TaskCancelled, TaskHandle, TaskStatus
 from ._streams import _REASON_STREAM, AsCompleted, ResultStream, _Stream
@@ -209,6 +211,12 @@ class DaskExecutor:
                 self._check_client(client)
             stack.push_async_callback(self._close_core)
             await self._runner.run(self._open_core)
+            # Dask's own API (dask.compute, get_client, Lock...) finds this client, in the
+            # body and the worker threads it starts; under trio it refuses to block the
+            # event loop's thread (the core runs on another).
+            other_thread = self._runner.core is not self._runner.front
+            never_block = threading.get_ident() if other_thread else None
+            stack.enter_context(current_client(self._core.client, never_block))
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._stack = stack.pop_all()
         self._state = _State.OPEN
@@ -416,9 +424,13 @@ class DaskExecutor:
         Checkpoint; cancelling the caller cancels the call. The safe way to use the rest of
         Dask's client API on either backend, for example
         ``await ex.call_client(distributed.Client.who_has)`` or
-        ``await ex.call_client(lambda c: c.run_on_scheduler(fn))``.
+        ``await ex.call_client(lambda c: c.run_on_scheduler(fn))``. Handles in ``args`` and
+        ``kwargs`` (also inside lists, tuples, sets and dicts) are replaced by their Dask
+        futures, as :meth:`submit` replaces them, so that
+        ``await ex.call_client(distributed.Client.replicate, [handle])`` works.
         """
         self._check_open()
+        args, kwargs = self._unwrap(args), self._unwrap(kwargs)
         await anyio.lowlevel.checkpoint_if_cancelled()
         return await self._runner.run(self._core.call, fn, args, kwargs)
 

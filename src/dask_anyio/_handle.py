@@ -145,6 +145,16 @@ class TaskHandle(TaskRef, Generic[T_co]):  # type: ignore[misc]
         return str(self._future.key)
 
     @property
+    def future(self) -> distributed.Future[Any]:
+        """The task's :class:`distributed.Future`, for the rest of Dask's API.
+
+        The executor owns it and releases it at exit, as it releases the handle: keep the
+        handle, not the future. Under trio, call the future's methods that talk to the
+        scheduler only through :meth:`DaskExecutor.call_client`, or from a worker thread.
+        """
+        return self._future
+
+    @property
     def status(self) -> TaskStatus:
         """The task's current :class:`TaskStatus`. Frozen when the executor closes."""
         if self._final_status is not None:
