@@ -190,13 +190,17 @@ def test_dashboard_line(link: str | None, state: _demo.DashboardState, line: str
 
 
 class BokehTornado:
-    """Stands for bokeh's application, as a scheduler that serves its dashboard has one."""
+    """Stands for bokeh's application class."""
+
+
+class DaskBokehTornado(BokehTornado):
+    """Stands for Dask's subclass of it, which a scheduler serving its dashboard has."""
 
 
 @pytest.mark.parametrize(
     ("applications", "dashboard_module", "state"),
     [
-        ([BokehTornado()], None, "served"),
+        ([DaskBokehTornado()], None, "served"),
         ([], None, "no bokeh"),  # Dask's dashboard module does not import
         ([], types.ModuleType("distributed.dashboard.scheduler"), "off"),
     ],

@@ -60,7 +60,8 @@ def _dashboard_state(dask_scheduler: Any) -> DashboardState:
     (Dask's dashboard module, which needs bokeh>=3.1, does not import where it runs: the
     link then shows only "Dask needs bokeh"); ``"off"`` if it was started without one."""
     applications = getattr(dask_scheduler.http_application, "applications", [])
-    if any(type(app).__name__ == "BokehTornado" for app in applications):
+    # (by name: bokeh may not be importable here; Dask serves a subclass of bokeh's class)
+    if any(c.__name__ == "BokehTornado" for app in applications for c in type(app).__mro__):
         return "served"
     try:
         import distributed.dashboard.scheduler  # noqa: F401
