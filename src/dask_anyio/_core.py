@@ -29,6 +29,11 @@ from distributed.security import Security
 from distributed.utils import iscoroutinefunction
 
 from ._client import Client
+from ._diagnose import (
+    missing_main_guard,
+    refuse_while_importing_main_for_a_child,
+    unguarded_main_script,
+)
 from ._remote import run_coroutine
 
 __all__ = ["DaskCore", "SubmitOptions"]
@@ -185,11 +190,13 @@ class DaskCore:
         options.update(kwargs)
         if options.get("processes") is False:
             del options["host"]  # in-process workers talk over inproc://, not TCP
+        else:  # a worker process re-running an unguarded script would start clusters
+            refuse_while_importing_main_for_a_child()
         cluster = distributed.LocalCluster(asynchronous=True, **options)
         starting = asyncio.ensure_future(cast(Awaitable[Any], cluster))
         try:
             await asyncio.shield(starting)
-        except BaseException:
+        except BaseException as exc:
             # A half-started cluster cannot be closed: let the start finish (or fail) first.
             with contextlib.suppress(Exception):
                 await starting
@@ -197,6 +204,9 @@ class DaskCore:
                 await cast(Awaitable[Any], cluster.close())
             except Exception:  # keep the reason it did not start
                 logger.warning("could not close a LocalCluster that failed to start", exc_info=True)
+            script = unguarded_main_script() if isinstance(exc, Exception) else None
+            if script is not None:  # the reason, in the last line the user reads
+                raise RuntimeError(missing_main_guard(script)) from exc
             raise
         return cluster
 
