@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import operator
+import socket
 import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import dask
+import distributed
 import pytest
 
+from dask_anyio import DaskExecutor
 from dask_anyio._diagnose import unguarded_main_script
+from dask_anyio._logs import HeldSerializationErrors
+
+from .conftest import ExternalCluster
+from .tasks import inc
 
 pytestmark = pytest.mark.anyio
 
@@ -75,3 +87,115 @@ def test_main_guard_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert main_module("run()", __spec__=package_main) is None
     with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
         assert main_module("run()") is None  # fork does not re-run the script
+
+
+# -- 13: an argument that cannot be pickled -------------------------------------------------
+
+
+@contextmanager
+def distributed_records() -> Iterator[list[logging.LogRecord]]:
+    """Collect what distributed's loggers emit (they do not propagate to the root logger:
+    caplog would not see them)."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(logging.DEBUG)
+    logger = logging.getLogger("distributed")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+class LogsFromAnotherThreadThenFails:
+    """Pickling it logs an ERROR of distributed's pickle logger from another thread (as the
+    core loop thread may, meanwhile), then fails."""
+
+    def __reduce__(self) -> Any:
+        def log() -> None:
+            logging.getLogger("distributed.protocol.pickle").error("unrelated record")
+
+        thread = threading.Thread(target=log)
+        thread.start()
+        thread.join()
+        raise TypeError("cannot pickle LogsFromAnotherThreadThenFails")
+
+    def __dask_tokenize__(self) -> str:
+        return "logs-from-another-thread"
+
+
+async def drain(results: AsyncIterator[Any]) -> None:
+    async for _ in results:
+        pass
+
+
+async def test_unpicklable_argument_logs_nothing(external_cluster: ExternalCluster) -> None:
+    """submit, map and imap with an unpicklable argument or function raise our TypeError
+    and distributed logs nothing about it (no "Failed to serialize" wall)."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        with socket.socket() as sock, distributed_records() as records:
+            with pytest.raises(TypeError, match=r"argument 0 \(<unlocked _th.*cannot pickle"):
+                ex.submit(operator.truth, threading.Lock())
+            with pytest.raises(TypeError, match=r"keyword argument 'lock'.*cannot be pickled"):
+                ex.submit(dict, lock=threading.Lock())
+            with pytest.raises(TypeError, match=r"the function \(<function .*socket"):
+                ex.submit(lambda: sock.fileno())
+            with pytest.raises(TypeError, match=r"item 1 of iterable 0.*cannot be pickled"):
+                ex.map(operator.truth, [1, threading.Lock()])
+            items = ex.imap(operator.truth, [1, threading.Lock()], max_in_flight=2)
+            with pytest.raises(TypeError, match=r"item 1 of iterable 0.*cannot be pickled"):
+                await drain(items)
+        assert [r.getMessage() for r in records] == []
+        assert await ex.run(inc, 1) == 2
+
+
+async def test_unpicklable_argument_error_is_short(external_cluster: ExternalCluster) -> None:
+    """Our TypeError does not print Dask's chain of pickling tracebacks as its cause."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        with pytest.raises(TypeError) as caught:
+            ex.submit(operator.truth, threading.Lock())
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+    assert caught.value.__context__ is not None  # still there, for a debugger
+
+
+async def test_unrelated_records_still_logged(external_cluster: ExternalCluster) -> None:
+    """While a submit holds its thread's pickling records, another thread's record of the
+    same logger gets through at once."""
+    async with DaskExecutor(external_cluster.address) as ex:
+        with (
+            distributed_records() as records,
+            pytest.raises(TypeError, match=r"argument 0 .*cannot be pickled"),
+        ):
+            ex.submit(operator.truth, LogsFromAnotherThreadThenFails())
+        # (once per attempt to pickle it: Dask's, then ours)
+        assert records
+        assert {r.getMessage() for r in records} == {"unrelated record"}
+
+
+def test_held_records_are_logged_unless_dropped() -> None:
+    """Held records are logged at the block's end unless dropped; a nested block's records
+    that it does not drop are held by the outer one."""
+
+    def fail_to_pickle() -> None:
+        with pytest.raises(TypeError):
+            distributed.protocol.pickle.dumps(threading.Lock())
+
+    with distributed_records() as records:
+        with HeldSerializationErrors():
+            fail_to_pickle()
+            with HeldSerializationErrors() as inner:
+                fail_to_pickle()
+                inner.drop()
+            with HeldSerializationErrors():
+                fail_to_pickle()
+            assert records == []
+        assert [r.getMessage()[:20] for r in records] == ["Failed to serialize "] * 2
+        with HeldSerializationErrors() as held:
+            fail_to_pickle()
+            held.drop()
+        assert len(records) == 2

@@ -34,6 +34,7 @@ from ._diagnose import (
     refuse_while_importing_main_for_a_child,
     unguarded_main_script,
 )
+from ._logs import HeldSerializationErrors
 from ._remote import run_coroutine
 
 __all__ = ["DaskCore", "SubmitOptions"]
@@ -77,17 +78,23 @@ def _new_key(
     return f"{prefix or funcname(fn)}-{token}"
 
 
-def _raise_if_unpicklable(error: Exception, parts: Iterable[tuple[str, Any]]) -> None:
-    """After ``submit`` failed with ``error``: if one of ``parts`` cannot be pickled, raise a
-    :exc:`TypeError` naming it (Dask's own message names only its internal graph)."""
+def _raise_if_unpicklable(parts: Iterable[tuple[str, Any]], held: HeldSerializationErrors) -> None:
+    """After ``submit`` failed: if one of ``parts`` cannot be pickled, raise a
+    :exc:`TypeError` naming it (Dask's own message names only its internal graph).
+
+    Our message replaces what Dask said: the ``held`` records of its failed pickling are
+    dropped, and its chain of exceptions (the graph's, then the part's) stays in
+    ``__context__``, not printed.
+    """
     for what, obj in parts:
         try:
             distributed.protocol.pickle.dumps(obj)
         except Exception as cause:
+            held.drop()
             raise TypeError(
                 f"cannot send the {what} ({reprlib.repr(obj)}) to the cluster: it cannot be "
                 f"pickled ({cause})"
-            ) from error
+            ) from None
 
 
 async def _fetch(client: distributed.Client, fetch: Callable[[], Awaitable[T]]) -> T:
@@ -321,24 +328,27 @@ class DaskCore:
         :raises TypeError: naming the function or argument that cannot be pickled.
         """
         args = list(args)
-        try:
-            coroutine = iscoroutinefunction(fn)
-            if _CLIENT_SUBMIT_PARAMETERS.isdisjoint(kwargs) and not coroutine:
-                return self.client.submit(fn, *args, **options, **kwargs)
-            # Keywords of the function named like Client.submit's own (key=, pure=, ...):
-            # pass them inside a dict, where Dask still replaces futures by their values.
-            # A coroutine function runs so that cancelling its task cancels it there.
-            key = options.get("key") or _new_key(fn, options, args, kwargs)
-            wrapper = (run_coroutine, key) if coroutine else (apply,)
-            return self.client.submit(*wrapper, fn, args, dict(kwargs), **{**options, "key": key})
-        except Exception as exc:
-            _raise_if_unpicklable(
-                exc,
-                [("function", fn)]
-                + [(f"argument {i}", a) for i, a in enumerate(args)]
-                + [(f"keyword argument {k!r}", v) for k, v in kwargs.items()],
-            )
-            raise
+        with HeldSerializationErrors() as held:
+            try:
+                coroutine = iscoroutinefunction(fn)
+                if _CLIENT_SUBMIT_PARAMETERS.isdisjoint(kwargs) and not coroutine:
+                    return self.client.submit(fn, *args, **options, **kwargs)
+                # Keywords of the function named like Client.submit's own (key=, pure=, ...):
+                # pass them inside a dict, where Dask still replaces futures by their values.
+                # A coroutine function runs so that cancelling its task cancels it there.
+                key = options.get("key") or _new_key(fn, options, args, kwargs)
+                wrapper = (run_coroutine, key) if coroutine else (apply,)
+                return self.client.submit(
+                    *wrapper, fn, args, dict(kwargs), **{**options, "key": key}
+                )
+            except Exception:
+                _raise_if_unpicklable(
+                    [("function", fn)]
+                    + [(f"argument {i}", a) for i, a in enumerate(args)]
+                    + [(f"keyword argument {k!r}", v) for k, v in kwargs.items()],
+                    held,
+                )
+                raise
 
     def map(
         self,
@@ -351,30 +361,31 @@ class DaskCore:
         """Submit one task per item. Thread-safe, like :meth:`submit`. ``start`` is the
         position of the first item, for error messages."""
         futures: list[distributed.Future[Any]]
-        try:
-            coroutine = iscoroutinefunction(fn)
-            if _CLIENT_MAP_PARAMETERS.isdisjoint(kwargs) and not coroutine:
-                futures = self.client.map(fn, *iterables, **options, **kwargs)
-            else:  # as in submit: the function's keywords travel in a dict
-                rows = [list(row) for row in zip(*iterables, strict=False)]
-                prefix = options.get("key")
-                keys = [_new_key(fn, options, row, kwargs, prefix) for row in rows]
-                n = len(rows)
-                wrapper = (run_coroutine, keys) if coroutine else (apply,)
-                futures = self.client.map(
-                    *wrapper, [fn] * n, rows, [dict(kwargs)] * n, **{**options, "key": keys}
+        with HeldSerializationErrors() as held:
+            try:
+                coroutine = iscoroutinefunction(fn)
+                if _CLIENT_MAP_PARAMETERS.isdisjoint(kwargs) and not coroutine:
+                    futures = self.client.map(fn, *iterables, **options, **kwargs)
+                else:  # as in submit: the function's keywords travel in a dict
+                    rows = [list(row) for row in zip(*iterables, strict=False)]
+                    prefix = options.get("key")
+                    keys = [_new_key(fn, options, row, kwargs, prefix) for row in rows]
+                    n = len(rows)
+                    wrapper = (run_coroutine, keys) if coroutine else (apply,)
+                    futures = self.client.map(
+                        *wrapper, [fn] * n, rows, [dict(kwargs)] * n, **{**options, "key": keys}
+                    )
+            except Exception:
+                _raise_if_unpicklable(
+                    [("function", fn)]
+                    + [
+                        (f"item {start + i} of iterable {j}", a)
+                        for j, column in enumerate(iterables)
+                        for i, a in enumerate(column)
+                    ],
+                    held,
                 )
-        except Exception as exc:
-            _raise_if_unpicklable(
-                exc,
-                [("function", fn)]
-                + [
-                    (f"item {start + i} of iterable {j}", a)
-                    for j, column in enumerate(iterables)
-                    for i, a in enumerate(column)
-                ],
-            )
-            raise
+                raise
         return futures
 
     def compute(
