@@ -199,3 +199,33 @@ def test_held_records_are_logged_unless_dropped() -> None:
             fail_to_pickle()
             held.drop()
         assert len(records) == 2
+
+
+# -- 14: no warning when the embedded cluster closes after our cancellation -----------------
+
+
+async def test_no_worker_warning_after_cancellation(anyio_backend: Any) -> None:
+    """Cancelling a checkpoint()-ing task (still cleaning up when the cluster closes) and a
+    coroutine task, then closing the embedded cluster, makes the workers warn about
+    nothing."""
+    status, out, err = await run_script("cancel_then_close.py", anyio_backend)
+    assert (status, out) == (0, "closed\n"), err
+    assert "ended with CancelledError" not in err
+    assert " - WARNING - " not in err
+    assert " - ERROR - " not in err
+
+
+async def test_demo_on_embedded_cluster_prints_no_warning(anyio_backend: Any) -> None:
+    """The demo on its embedded cluster reports the clean cancellation with no Dask warning."""
+    name, options = anyio_backend
+    code = (
+        "import anyio\nfrom functools import partial\nfrom dask_anyio._demo import demo\n"
+        f"anyio.run(partial(demo, None, delay=0.05), backend={name!r}, "
+        f"backend_options={options!r})"
+    )
+    command = [sys.executable, "-c", code]  # (as `python -m dask_anyio demo`, on uvloop too)
+    with anyio.fail_after(50):
+        result = await anyio.run_process(command)
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert "cancelled=True" in out  # (its step that cancels a checkpoint()-ing task)
+    assert " - WARNING - " not in err, err

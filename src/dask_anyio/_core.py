@@ -34,7 +34,7 @@ from ._diagnose import (
     refuse_while_importing_main_for_a_child,
     unguarded_main_script,
 )
-from ._logs import HeldSerializationErrors
+from ._logs import HeldSerializationErrors, QuietCancelledClose
 from ._remote import run_coroutine
 
 __all__ = ["DaskCore", "SubmitOptions"]
@@ -195,6 +195,8 @@ class DaskCore:
             "dashboard_address": "127.0.0.1:0",
         }
         options.update(kwargs)
+        # Its workers close with the executor, maybe as a cancelled task ends: no warning.
+        options["plugins"] = (*options.get("plugins", ()), QuietCancelledClose())
         if options.get("processes") is False:
             del options["host"]  # in-process workers talk over inproc://, not TCP
         else:  # a worker process re-running an unguarded script would start clusters
