@@ -12,13 +12,14 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
-TEST_DEPS = ["pytest>=8.4", "pytest-timeout", "psutil", "uvloop", "trustme", "starlette", "bokeh>=3.1"]
+TEST_DEPS = ["pytest>=8.4", "pytest-timeout", "psutil", "uvloop", "trustme", "starlette"]
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the test suite on asyncio, asyncio+uvloop and trio."""
-    session.install("-e", ".[trio,array,dataframe]", *TEST_DEPS)
+    # dashboard: bokeh, for performance_report() and the dashboard the demo links to
+    session.install("-e", ".[trio,array,dataframe,dashboard]", *TEST_DEPS)
     session.run("pytest", *session.posargs)
 
 
@@ -59,7 +60,7 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Run the demo on an embedded LocalCluster: `nox -s demo -- --backend trio`."""
-    session.install("-e", ".[trio]")
+    session.install("-e", ".[trio,dashboard]")
     session.run("python", "-m", "dask_anyio", "demo", *session.posargs)
 
 

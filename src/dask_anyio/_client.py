@@ -47,7 +47,7 @@ class Client(distributed.Client):
         :attr:`never_block` raises :exc:`RuntimeError` instead."""
         if self.never_block == threading.get_ident() and not asynchronous and not self.asynchronous:
             raise RuntimeError(BLOCKING_ON_THE_LOOP)
-        return super().sync(
+        return super().sync(  # type: ignore[no-untyped-call]  # (distributed's, untyped)
             func, *args, asynchronous=asynchronous, callback_timeout=callback_timeout, **kwargs
         )
 

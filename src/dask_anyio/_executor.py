@@ -863,10 +863,10 @@ class DaskExecutor:
             with self._call_under_way():
                 values, failure = await self._values_of(handles)
         except anyio.get_cancelled_exc_class():
-            sole = [h for h in handles if self._let_go_of_call(h)]
-            if sole:  # the last holders of these keys: cancel them
+            last_holders = [h for h in handles if self._let_go_of_call(h)]
+            if last_holders:  # the last holders of these keys: cancel them
                 with anyio.CancelScope(shield=True):
-                    await self._forget_handles(sole, _REASON_SCOPE)
+                    await self._forget_handles(last_holders, _REASON_SCOPE)
             raise
         except Exception:
             self._observed_by_call(handles)

@@ -97,7 +97,7 @@ class SchedulerLost(ConnectionError):
 
 
 @final
-class TaskHandle(TaskRef, Generic[T_co]):  # type: ignore[misc]
+class TaskHandle(TaskRef, Generic[T_co]):
     """A task on the cluster, owned by the :class:`~dask_anyio.DaskExecutor` that submitted it.
 
     Returned by :meth:`DaskExecutor.submit` and :meth:`DaskExecutor.map`; not created directly.
@@ -140,7 +140,7 @@ class TaskHandle(TaskRef, Generic[T_co]):  # type: ignore[misc]
         self._failure: Exception | None = None
 
     @property
-    def key(self) -> str:
+    def key(self) -> str:  # type: ignore[override]  # (a TaskRef's is an attribute)
         """The task's key on the scheduler."""
         return str(self._future.key)
 

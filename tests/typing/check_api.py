@@ -129,7 +129,9 @@ async def check_as_completed(ex: DaskExecutor, flag: bool) -> None:
     later.update(handles)
     async for handle in later:
         assert_type(handle, TaskHandle[int])
-    later_pairs: AsCompleted[tuple[TaskHandle[int], int]] = ex.as_completed(with_results=True)
+    later_pairs: AsCompleted[tuple[TaskHandle[int], int | TaskCancelled]] = ex.as_completed(
+        with_results=True
+    )
     del later_pairs
     # AsCompleted is covariant, like any iterator
     general: AsCompleted[TaskHandle[object]] = ex.as_completed(handles)
