@@ -107,6 +107,9 @@ async def test_dask_collections(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(sum(range(10_000)))
     assert re.fullmatch(r"mean 1\.0\d\d, std 0\.4\d\d", lines[1]), lines
+    assert lines[2] == str(sum(range(10)) + sum(range(1_000)))
+    assert re.fullmatch(r"max \d\.\d\d\d", lines[3]), lines
+    assert 1.99 < float(lines[3][4:]) <= 2, lines
 
 
 @pytest.mark.anyio
