@@ -286,3 +286,21 @@ async def test_error_exit_cancels_calls_of_other_tasks(external_cluster: Externa
     assert external_cluster.scheduler_keys() == set()
     async with DaskExecutor(external_cluster.address) as ex:
         await ex.run(set_event, gate)  # free the worker threads of the cancelled tasks
+
+
+async def test_published_data_does_not_hold_the_exit(external_cluster: ExternalCluster) -> None:
+    """Keys that Dask keeps for a published dataset (or another client) are not waited
+    for at exit, nor warned about (the warning would fail this test): they stay published,
+    and go once unpublished."""
+    import dask.array as da
+
+    name = f"dataset-{uuid.uuid4()}"
+    async with DaskExecutor(external_cluster.address) as ex:
+        persisted = await ex.persist(da.arange(10, chunks=5))
+        await ex.call_client(lambda c: c.publish_dataset(persisted, name=name))
+        keys = {str(k) for k in ex.client.refcount}
+    assert keys <= external_cluster.scheduler_keys()
+    observer = external_cluster.observer
+    assert observer.compute(observer.get_dataset(name).sum()).result() == 45
+    observer.unpublish_dataset(name)
+    await external_cluster.wait_forgotten()

@@ -513,9 +513,15 @@ class DaskCore:
         *barrier* arrived: a task submitted now on the same ordered stream (one that needs a
         resource no worker has, so it never runs), which the scheduler receives after every
         key submitted before. ``arrived`` are keys known to have reached the scheduler (it
-        reported them finished or failed). Polls with a short, growing interval for
-        ``give_up_after`` seconds (the requests included), then warns with the keys still
-        held (for example, keys another client also wants).
+        reported them finished or failed).
+
+        The barrier also arrives after our releases (sent before it, on that stream), and
+        the scheduler forgets a key the moment it handles the last release of it: a key it
+        still holds then, and that this client no longer refers to, is kept for someone
+        else (a published dataset, another client, another client's task that needs it).
+        That is not ours to wait for. Polls with a short, growing interval for
+        ``give_up_after`` seconds (the requests included), then warns with the keys this
+        client still refers to (a future the user kept, say).
         """
         remaining = list(keys)
         if not remaining or self.client.status != "running":
@@ -537,9 +543,15 @@ class DaskCore:
                         return
                     held = {k for k, st in states.items() if st not in (None, "forgotten")}
                     if barrier is not None and barrier.key in held:
-                        # Everything submitted before the barrier has arrived: what is
-                        # absent now is gone. Let the barrier go, and see it gone too.
+                        # Everything sent before the barrier has arrived: what is absent
+                        # now is gone, what is held is someone else's (see above). Let the
+                        # barrier go, and see it gone too.
                         seen.update(remaining)
+                        ours = self.client.refcount
+                        kept = {k for k in remaining if k in held and k not in ours}
+                        if kept:
+                            logger.debug("keys the scheduler keeps for others: %s", kept)
+                            remaining = [k for k in remaining if k not in kept]
                         barrier.release()
                         remaining.append(barrier.key)
                         barrier, barrier_passed = None, True
@@ -547,7 +559,7 @@ class DaskCore:
                     remaining = [k for k in remaining if k in held or k not in seen]
                     if not remaining:
                         return
-                    if barrier is None and not barrier_passed and not seen.issuperset(remaining):
+                    if barrier is None and not barrier_passed:
                         barrier = self.client.submit(
                             int, key=f"dask-anyio-barrier-{uuid.uuid4()}", resources=_NEVER
                         )
