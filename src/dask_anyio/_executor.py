@@ -45,6 +45,7 @@ from ._bridge import CoreRunner, open_core_runner
 from ._client import current_client
 from ._core import DaskCore, _connect_timeout, logger
 from ._handle import ExecutorStatistics, SchedulerLost, TaskCancelled, TaskHandle, TaskStatus
+from ._show import executor_html, executor_repr
 from ._streams import _REASON_STREAM, AsCompleted, ResultStream, _Stream
 
 __all__ = ["DaskExecutor"]
@@ -396,6 +397,30 @@ class DaskExecutor:
             raise SchedulerLost(self._core.scheduler_address)
 
     # -- introspection ---------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        state, scheduler, _, _, stats = self._shown()
+        return executor_repr(state, scheduler, stats)
+
+    def _repr_html_(self) -> str:
+        """What Jupyter shows: scheduler, dashboard link, workers, tasks."""
+        return executor_html(*self._shown())
+
+    def _shown(
+        self,
+    ) -> tuple[str, str | None, str | None, Mapping[str, Any], ExecutorStatistics | None]:
+        """What the reprs show: plain reads, no request (the workers as the client last
+        heard of them); counts only on the executor's own loop, where they are kept."""
+        scheduler = dashboard = None
+        identity: Mapping[str, Any] = {}
+        if self._state in (_State.OPEN, _State.CLOSING):
+            scheduler, dashboard = self._core.scheduler_address, self._core.dashboard_link
+            identity = getattr(self._core.client, "_scheduler_identity", None) or {}
+        stats = None
+        if self._state is not _State.NEW:
+            with contextlib.suppress(RuntimeError):  # from another thread or loop
+                stats = self.statistics()
+        return self._state.value, scheduler, dashboard, identity, stats
 
     @property
     def client(self) -> distributed.Client:

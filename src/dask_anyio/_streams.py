@@ -86,6 +86,9 @@ class AsCompleted(Generic[Y_co]):
         """How many handles are still to be yielded."""
         return len(self._ready) + len(self._waiting)
 
+    def __repr__(self) -> str:
+        return f"<AsCompleted {len(self._ready)} done, {len(self._waiting)} pending>"
+
     def _on_done(self, token: int) -> None:
         handle, _ = self._waiting.pop(token)
         self._ready.append(handle)
@@ -419,6 +422,14 @@ class ResultStream(Generic[T]):
 
     def __init__(self, stream: _Stream) -> None:
         self._stream = stream
+
+    def __repr__(self) -> str:
+        stream = self._stream
+        state = "closed" if stream.closed else "open" if stream.started else "not started"
+        return (
+            f"<ResultStream {state}: {stream.position} submitted, "
+            f"{len(stream.in_flight)} in flight>"
+        )
 
     def __aiter__(self) -> Self:
         return self

@@ -1,0 +1,56 @@
+"""How a :class:`~dask_anyio.DaskExecutor` shows itself: its ``repr``, and the HTML table that
+Jupyter shows for it. Plain reads of what the executor and Dask's client know already: no
+request to the scheduler, safe on any backend."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from typing import Any
+
+from dask.utils import format_bytes
+
+from ._handle import ExecutorStatistics
+
+__all__ = ["executor_html", "executor_repr"]
+
+
+def _counts(stats: ExecutorStatistics | None) -> str:
+    if stats is None:
+        return "tasks unknown from this thread"
+    return (
+        f"{stats.pending} pending, {stats.finished} finished, {stats.failed} failed, "
+        f"{stats.cancelled} cancelled"
+    )
+
+
+def executor_repr(state: str, scheduler: str | None, stats: ExecutorStatistics | None) -> str:
+    where = f" on {scheduler}" if scheduler else ""
+    return f"<DaskExecutor {state}{where}: {_counts(stats)}>"
+
+
+def executor_html(
+    state: str,
+    scheduler: str | None,
+    dashboard: str | None,
+    identity: Mapping[str, Any],
+    stats: ExecutorStatistics | None,
+) -> str:
+    """A table: state, scheduler, dashboard link, workers (as the client last heard), tasks."""
+    rows: list[tuple[str, str]] = [("State", html.escape(state))]
+    if scheduler:
+        rows.append(("Scheduler", f"<code>{html.escape(scheduler)}</code>"))
+    if dashboard:
+        link = html.escape(dashboard, quote=True)
+        rows.append(("Dashboard", f'<a href="{link}" target="_blank">{link}</a>'))
+    if "n_workers" in identity:
+        memory = identity.get("total_memory")
+        workers = f"{identity['n_workers']} ({identity.get('total_threads', '?')} threads"
+        workers += f", {format_bytes(memory)})" if isinstance(memory, int) else ")"
+        rows.append(("Workers", html.escape(workers)))
+    rows.append(("Tasks", html.escape(_counts(stats))))
+    if stats is not None:
+        rows.append(("Keys held", str(stats.in_flight)))
+    left = ' style="text-align: left"'
+    body = "".join(f"<tr><th{left}>{name}</th><td{left}>{value}</td></tr>" for name, value in rows)
+    return f"<div><strong>DaskExecutor</strong><table>{body}</table></div>"
