@@ -45,6 +45,7 @@ from ._bridge import CoreRunner, open_core_runner
 from ._client import current_client
 from ._core import DaskCore, _connect_timeout, logger
 from ._handle import ExecutorStatistics, SchedulerLost, TaskCancelled, TaskHandle, TaskStatus
+from ._host import Host, start_background
 from ._show import executor_html, executor_repr
 from ._streams import _REASON_STREAM, AsCompleted, ResultStream, _Stream
 
@@ -194,13 +195,58 @@ class DaskExecutor:
         self._runner: CoreRunner
         self._tg: anyio.abc.TaskGroup
         self._stack: AsyncExitStack
+        #: The background task holding the scope, if opened with open().
+        self._host: Host | None = None
+        #: The task that entered, which must leave; set once left.
+        self._entered_in = 0
+        self._exited: anyio.Event | None = None
+        #: Whether the run of the event loop that entered ended while the scope was open.
+        self._ended_with_run = False
 
     # -- lifetime --------------------------------------------------------------------------
+
+    async def open(self) -> Self:
+        """Enter the executor's scope in a background task of the event loop; return the
+        executor, open until :meth:`aclose`. For notebooks and other REPLs, where one
+        ``async with`` block cannot span cells (each cell is a task of its own).
+
+        Checkpoint; cancelling it closes whatever was opened. The scope keeps the rules of
+        ``async with``; ``aclose()`` is its normal exit, and if the event loop's run ends
+        first (``asyncio.run()`` returns; under trio the main task returns, as at the end of
+        every cell under IPython's ``%autoawait trio``), the scope is left as a cancelled one
+        is: its tasks are cancelled and the cluster closed, and later calls raise
+        :exc:`RuntimeError` saying so. Use ``async with`` wherever one block can hold the
+        executor.
+        """
+        if self._state is not _State.NEW or self._host is not None:
+            raise RuntimeError("a DaskExecutor can be entered only once")
+        self._host = Host(self, name=f"dask-anyio: {self!r}")
+        await self._host.open()
+        return self
+
+    async def aclose(self) -> None:
+        """Leave the scope that :meth:`open` entered, as ``async with`` leaves it normally:
+        wait for every outstanding task, release every key, close what the executor owns,
+        and raise the failures nobody observed.
+
+        Checkpoint; cancelling it cancels the outstanding tasks, as a cancelled scope does.
+        Nothing to do if the scope was left already (the event loop's run ended).
+        """
+        if self._host is None:
+            raise RuntimeError(
+                "aclose() leaves an executor opened with `await ex.open()`; one entered with "
+                "`async with` is left at the end of that block"
+            )
+        if self._host.done:
+            return
+        self._check_loop()
+        await self._host.close()
 
     async def __aenter__(self) -> Self:
         if self._state is not _State.NEW:
             raise RuntimeError("a DaskExecutor can be entered only once")
         await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled already: start nothing
+        self._entered_in = anyio.get_current_task().id
         if self._scheduler_file is not None:
             timeout = _connect_timeout(self._open_args["connect_timeout"])
             path = self._scheduler_file
@@ -221,7 +267,27 @@ class DaskExecutor:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._stack = stack.pop_all()
         self._state = _State.OPEN
+        if self._host is None:  # (a host leaves the scope itself when the run ends)
+            self._exited = anyio.Event()
+            start_background(self._close_at_run_end, f"dask-anyio: closes {self!r}")
         return self
+
+    async def _close_at_run_end(self) -> None:
+        """In the background: if the run of the event loop ends while the executor is open
+        (entered in one notebook cell and never left), close what it opened (client,
+        cluster), before the run closes the core runner under them. Never raises."""
+        assert self._exited is not None
+        try:
+            await self._exited.wait()
+        except anyio.get_cancelled_exc_class():
+            if self._state is _State.OPEN:  # (no exit under way: nobody will leave it)
+                self._state = _State.CLOSED
+                self._ended_with_run = True
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._close_core()
+                    except Exception:
+                        logger.warning("could not close an abandoned DaskExecutor", exc_info=True)
 
     async def _open_core(self) -> None:
         # On the core loop. Stored here, not returned, so that a caller cancelled just as the
@@ -253,6 +319,17 @@ class DaskExecutor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        if self._state is not _State.OPEN:
+            self._check_open()  # raises, saying why
+        self._check_loop()
+        try:
+            return await self._leave(exc)
+        finally:
+            if self._exited is not None:
+                self._exited.set()
+
+    async def _leave(self, exc: BaseException | None) -> bool | None:
+        other_task = anyio.get_current_task().id != self._entered_in
         self._state = _State.CLOSING
         for stream in list(self._streams):  # nobody reads them any more
             await stream.aclose()
@@ -308,6 +385,13 @@ class DaskExecutor:
             if error is not exc:
                 raise error
             return None
+        if other_task:  # anyio refused to leave the task group (cleanup_errors), and said why
+            raise RuntimeError(
+                "a DaskExecutor's `async with` is left by the task that entered it: in a "
+                "notebook, where every cell runs as a task of its own, keep one executor "
+                "across cells with `ex = await DaskExecutor(...).open()` and `await "
+                "ex.aclose()`. This executor is closed now."
+            ) from (cleanup_errors[0] if cleanup_errors else None)
         if cleanup_errors:
             raise cleanup_errors[0]
         failures = _one_scheduler_lost(unobserved) + self._background_errors
@@ -377,6 +461,13 @@ class DaskExecutor:
         if self._state is _State.NEW:
             raise RuntimeError(
                 "this DaskExecutor is not open: use `async with DaskExecutor() as ex`"
+            )
+        if self._ended_with_run or (self._host is not None and self._host.ended_with_run):
+            raise RuntimeError(
+                "this DaskExecutor was closed when the run of the event loop that opened it "
+                "ended (under IPython's `%autoawait trio`, every cell runs in a trio.run of "
+                "its own): open and use an executor within one cell there, or keep one "
+                "across cells under IPython's default asyncio autoawait"
             )
         raise RuntimeError(f"this DaskExecutor is {self._state.value}: it cannot be used any more")
 
@@ -743,9 +834,10 @@ class DaskExecutor:
 
     def _register(self, handle: TaskHandle[Any]) -> None:
         handle._registered = True
-        self._runner.core.run_sync_soon(
-            self._core.watch, handle._future, handle, self._deliver_done
-        )
+        watch = self._core.watch
+        if not self._runner.core.run_sync_soon(watch, handle._future, handle, self._deliver_done):
+            handle._registered = False  # (a wait for it would never be woken)
+            raise RuntimeError("the executor's Dask client has stopped: its event loop ended")
 
     @staticmethod
     def _unwatch(handle: TaskHandle[Any], callback: Callable[[], object]) -> None:
