@@ -12,7 +12,18 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
-TEST_DEPS = ["pytest>=8.4", "pytest-timeout", "psutil", "uvloop", "trustme", "starlette"]
+TEST_DEPS = [
+    "pytest>=8.4",
+    "pytest-timeout",
+    "psutil",
+    "uvloop",
+    "trustme",
+    "starlette",
+    # the notebook guide's notebooks, run in a real kernel
+    "nbclient",
+    "nbformat",
+    "ipykernel",
+]
 
 
 @nox.session(python=PYTHON)

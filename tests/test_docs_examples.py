@@ -7,6 +7,7 @@ tutorial gives.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import importlib
@@ -539,3 +540,86 @@ async def test_tutorial_steps_4_and_5_on_the_pages_cluster(
     assert shown.splitlines()[0].startswith("dashboard: http://127.0.0.1:")
     assert lines[0].startswith("dashboard: http://127.0.0.1:")
     assert lines[1] == "22044 primes below 250000"
+
+
+# -- notebooks ---------------------------------------------------------------------------
+
+NOTEBOOKS = HOWTO / "notebooks"
+
+
+def notebook_of(path: Path) -> Any:
+    """The example as a notebook: a cell after each ``# %%`` line (words after it are the
+    cell's tags, such as ``raises-exception``); the comment before the first is dropped."""
+    import nbformat
+
+    cells = []
+    for chunk in path.read_text().split("\n# %%")[1:]:
+        tags, _, source = chunk.partition("\n")
+        cell = nbformat.v4.new_code_cell(source.strip("\n"))
+        cell.metadata["tags"] = tags.split()
+        cells.append(cell)
+    return nbformat.v4.new_notebook(cells=cells)
+
+
+def outputs_of(cell: Any) -> str:
+    """What a notebook shows for a cell: printed text, the value's plain text, an error."""
+    shown = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            shown.append(output.text)
+        elif output.output_type == "execute_result":
+            shown.append(output.data["text/plain"] + "\n")
+        elif output.output_type == "error":
+            shown.append(f"{output.ename}: {output.evalue}\n")
+    return "".join(shown)
+
+
+def run_notebook(path: Path, directory: Path) -> list[Any]:
+    """Run the example in a real kernel (the test interpreter's, with nbclient); return
+    its cells, outputs filled in."""
+    from nbclient import NotebookClient
+
+    notebook = notebook_of(path)
+    # Immediate: once the notebook has closed its executors, the kernel has nothing to
+    # close (a graceful shutdown costs 3 s more); its processes go with it.
+    client = NotebookClient(
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(directory)}},
+        shutdown_kernel="immediate",
+    )
+    # (in a loop of its own: client.execute() would keep one open for good)
+    asyncio.run(client.async_execute())
+    return list(notebook.cells)
+
+
+@pytest.mark.timeout(180)  # a kernel and embedded clusters start and stop
+def test_asyncio_notebook(tmp_path: Path) -> None:
+    """The notebook guide's asyncio notebook: one executor kept across cells with open()
+    and aclose(), shown as HTML, used from every cell, closed by the last."""
+    cells = run_notebook(NOTEBOOKS / "asyncio_notebook.py", tmp_path)
+    shown = [outputs_of(cell) for cell in cells]
+    assert re.fullmatch(
+        r"<DaskExecutor open on tcp://127\.0\.0\.1:\d+: 0 pending, 0 finished, 0 failed, "
+        r"0 cancelled>\n",
+        shown[0],
+    ), shown
+    html = cells[0].outputs[0].data["text/html"]
+    assert "<table>" in html
+    assert "2 (2 threads" in html
+    assert shown[1:3] == ["16\n", "285\n"]
+    assert "cancelled=1" in shown[3]
+    assert shown[4] == "<DaskExecutor closed: 0 pending, 11 finished, 0 failed, 1 cancelled>\n"
+
+
+@pytest.mark.timeout(180)
+def test_trio_notebook(tmp_path: Path) -> None:
+    """The notebook guide's trio notebook: under %autoawait trio an executor works within
+    its cell, and one opened with open() is closed with its cell's trio.run, as the later
+    cell's error says."""
+    cells = run_notebook(NOTEBOOKS / "trio_notebook.py", tmp_path)
+    shown = [outputs_of(cell) for cell in cells]
+    assert shown[1] == "16\n285\n"
+    assert shown[2] == "25\n"
+    assert shown[3].startswith("RuntimeError: this DaskExecutor was closed when the run")
