@@ -145,14 +145,15 @@ class TaskHandle(TaskRef, Generic[T_co]):
         return str(self._future.key)
 
     @property
-    def future(self) -> distributed.Future[Any]:
+    def future(self) -> distributed.Future[T_co]:
         """The task's :class:`distributed.Future`, for the rest of Dask's API.
 
         The executor owns it and releases it at exit, as it releases the handle: keep the
         handle, not the future. Under trio, call the future's methods that talk to the
         scheduler only through :meth:`DaskExecutor.call_client`, or from a worker thread.
         """
-        return self._future
+        future: distributed.Future[T_co] = self._future
+        return future
 
     @property
     def status(self) -> TaskStatus:
@@ -182,8 +183,11 @@ class TaskHandle(TaskRef, Generic[T_co]):
         return self._executor._cancel_handle(self)
 
     # One handle is one object, whatever Dask's task references say of equal keys.
-    __eq__ = object.__eq__
-    __hash__ = object.__hash__
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return object.__hash__(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # As a Future pickles: by its key (a worker's client binds it there).

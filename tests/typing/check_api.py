@@ -55,6 +55,15 @@ async def check_executor() -> None:
         assert_type(ex.statistics(), ExecutorStatistics)
     async with DaskExecutor("tcp://127.0.0.1:8786", connect_timeout=5) as ex:
         assert_type(ex, DaskExecutor)
+    kept = await DaskExecutor().open()  # a notebook's, across cells
+    assert_type(kept, DaskExecutor)
+    assert_type(await kept.aclose(), None)
+
+
+async def check_several_collections(ex: DaskExecutor, collection: Delayed) -> None:
+    assert_type(await ex.persist(collection), Delayed)
+    assert_type(await ex.persist(collection, collection, workers="w"), tuple[Any, ...])
+    assert_type(ex.submit(double, 1).future, distributed.Future[int])
 
 
 async def check_submit_and_retrieve(ex: DaskExecutor) -> None:
