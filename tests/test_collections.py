@@ -298,3 +298,34 @@ async def test_options_of_compute_and_persist(external_cluster: ExternalCluster)
             await ex.compute(where, resources={"SLOT": -1})
         assert ex.statistics().submitted == 4
     await external_cluster.wait_forgotten()
+
+
+async def test_compute_tells_one_failure_and_the_exit_the_rest(
+    external_cluster: ExternalCluster,
+) -> None:
+    """compute(a, b) of two failing persisted collections raises one failure; the other,
+    told to nobody, is raised at exit."""
+
+    async def body() -> None:
+        async with DaskExecutor(external_cluster.address) as ex:
+            a = await ex.persist(dask.delayed(raise_remote_only)("boom a"))
+            b = await ex.persist(dask.delayed(raise_remote_only)("boom b"))
+            with pytest.raises(RemoteOnlyError) as told:
+                await ex.compute(a, b)
+            others.append("boom b" if "boom a" in str(told.value) else "boom a")
+
+    others: list[str] = []
+    with pytest.raises(ExceptionGroup) as at_exit:
+        await body()
+    assert [str(e) for e in at_exit.value.exceptions] == others
+
+
+async def test_a_copied_handle_is_the_handle(external_cluster: ExternalCluster) -> None:
+    """copy and deepcopy of a handle give the handle itself (pickling gives a Future)."""
+    import copy
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        handle = ex.submit(inc, 1)
+        assert copy.copy(handle) is handle
+        assert copy.deepcopy([handle])[0] is handle
+        await handle

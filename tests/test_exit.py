@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from dask_anyio import DaskExecutor, TaskCancelled, TaskHandle, TaskStatus
@@ -304,3 +305,101 @@ async def test_published_data_does_not_hold_the_exit(external_cluster: ExternalC
     assert observer.compute(observer.get_dataset(name).sum()).result() == 45
     observer.unpublish_dataset(name)
     await external_cluster.wait_forgotten()
+
+
+async def test_values_fetched_while_the_exit_waits(external_cluster: ExternalCluster) -> None:
+    """While a normal exit waits, other tasks may still fetch values: as_completed with
+    results, and retrieve() after an await, each get theirs (none is refused as closing)."""
+    gate = f"gate-{uuid.uuid4()}"
+    got: dict[str, object] = {}
+    async with anyio.create_task_group() as tg, DaskExecutor(external_cluster.address) as ex:
+        handles = [ex.submit(wait_for_event, gate), ex.submit(wait_for_event, gate)]
+
+        async def stream() -> None:
+            got["stream"] = sorted(
+                [v async for _, v in ex.as_completed(handles, with_results=True)]
+            )
+
+        async def later() -> None:
+            await handles[0]
+            got["retrieve"] = await ex.retrieve(handles[1])
+
+        tg.start_soon(stream)
+        tg.start_soon(later)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(open_gate_once_exit_waits, external_cluster.address, gate)
+    assert got == {"stream": [gate, gate], "retrieve": gate}
+    await external_cluster.wait_forgotten()
+
+
+async def test_error_exit_and_a_gather_just_started(external_cluster: ExternalCluster) -> None:
+    """A gather() another task starts as the body fails gets the finished task's value, or,
+    started once the exit releases the keys, RuntimeError saying the executor is closing;
+    never distributed's FutureCancelledError from a key released under it (as it did)."""
+    got: list[object] = []
+
+    async def body(tg: anyio.abc.TaskGroup) -> None:
+        async with DaskExecutor(external_cluster.address) as ex:
+            handle = ex.submit(inc, 1)
+            await handle
+
+            async def getter() -> None:
+                try:
+                    got.append(await ex.gather([handle]))
+                except RuntimeError as refused:
+                    got.append(str(refused))
+
+            tg.start_soon(getter)
+            await anyio.lowlevel.checkpoint()  # the getter starts, and yields in gather()
+            raise KeyError("body failed")
+
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(KeyError):
+            await body(tg)
+    assert got in ([[2]], ["this DaskExecutor is closing: it cannot be used any more"])
+    await external_cluster.wait_forgotten()
+
+
+async def test_exit_waits_for_a_scatter_under_way(external_cluster: ExternalCluster) -> None:
+    """A scatter() of another task under way at the exit is waited for, and its data
+    released with the rest (its handles used to stay in a closed executor)."""
+    scattered: list[Any] = []
+    async with anyio.create_task_group() as tg, DaskExecutor(external_cluster.address) as ex:
+
+        async def scatter() -> None:
+            scattered.append(await ex.scatter([1, 2, 3]))
+
+        tg.start_soon(scatter)
+        await anyio.wait_all_tasks_blocked()
+    assert [h.status for h in scattered[0]] == [TaskStatus.FINISHED] * 3
+    assert ex.statistics().in_flight == 0
+    await external_cluster.wait_forgotten()
+
+
+async def test_cancelled_run_finishes_before_the_exit_closes(
+    external_cluster: ExternalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run() of another task cancelled while the exit waits for it finishes its cleanup
+    (cancel on the cluster, confirmed) before the exit closes the client: no warning."""
+    gate = f"gate-{uuid.uuid4()}"
+    scopes: list[anyio.CancelScope] = []
+
+    async def call(ex: DaskExecutor) -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await ex.run(wait_for_event, gate)
+
+    async def cancel_once_exit_waits() -> None:
+        await anyio.wait_all_tasks_blocked()
+        scopes[0].cancel()
+
+    with caplog.at_level("WARNING", logger="dask_anyio"):
+        async with anyio.create_task_group() as tg, DaskExecutor(external_cluster.address) as ex:
+            tg.start_soon(call, ex)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(cancel_once_exit_waits)
+    assert scopes[0].cancelled_caught
+    assert [r.getMessage() for r in caplog.records if r.name == "dask_anyio"] == []
+    assert external_cluster.scheduler_keys() == set()
+    async with DaskExecutor(external_cluster.address) as other:
+        await other.run(set_event, gate)  # free the worker thread

@@ -212,3 +212,18 @@ async def test_remote_tracebacks_have_few_frames_of_ours(
             )
             ours = [f.name for f in frames[:first_remote] if "dask_anyio" in f.filename]
             assert len(ours) <= 2, (name, ours)
+
+
+async def test_a_failure_raised_again_keeps_its_traceback(
+    external_cluster: ExternalCluster,
+) -> None:
+    """Raising a frozen failure again (await handle after the exit) does not pile up frames."""
+    with pytest.raises(ExceptionGroup):
+        async with DaskExecutor(external_cluster.address) as ex:
+            handle = ex.submit(fail_with_value_error, "x")
+    lengths = []
+    for _ in range(3):
+        with pytest.raises(ValueError, match=r"^x$") as excinfo:
+            await wait_for(handle)
+        lengths.append(len(traceback.extract_tb(excinfo.value.__traceback__)))
+    assert lengths[0] == lengths[1] == lengths[2]

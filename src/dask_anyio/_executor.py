@@ -190,6 +190,8 @@ class DaskExecutor:
         self._no_call_under_way: anyio.Event | None = None
         #: Set by an error exit: a task adopted from now on is cancelled at once.
         self._cancelling_all = False
+        #: Set by the exit once no call may start any more: it releases every key next.
+        self._releasing = False
         self._core: DaskCore
         self._core_opened = False
         self._runner: CoreRunner
@@ -347,7 +349,9 @@ class DaskExecutor:
                     self._cancelling_all = True
                     await self._cancel_outstanding()
                     await self._wait_calls()  # (what they adopt is cancelled at once)
+                    self._releasing = True  # (no await since the wait: none is under way)
                     await self._cancel_outstanding()  # (what persist() adopted meanwhile)
+                self._releasing = True  # (a normal exit: no await since the last wait)
                 released = await self._release_all()
                 unobserved = [
                     h._failure
@@ -451,11 +455,17 @@ class DaskExecutor:
     async def _freeze(self, handle: TaskHandle[Any]) -> None:
         """Keep what ``await handle`` reports once the key is released (releasing marks it
         cancelled in Dask's client)."""
-        handle._failure = await self._failure_of(handle)
+        failure = handle._failure = await self._failure_of(handle)
+        handle._failure_traceback = None if failure is None else failure.__traceback__
         handle._final_status = handle.status
 
-    def _check_open(self) -> None:
-        if self._state is _State.OPEN:
+    def _check_open(self, *, fetching: bool = False) -> None:
+        """Refuse use unless open; ``fetching`` calls (retrieve, gather, as_completed's
+        values) are also let in while a normal exit still waits, so that a value on its way
+        to another task is not lost (the exit waits for them)."""
+        if self._state is _State.OPEN or (
+            fetching and self._state is _State.CLOSING and not self._releasing
+        ):
             self._check_loop()
             return
         if self._state is _State.NEW:
@@ -770,6 +780,12 @@ class DaskExecutor:
             logger.warning("could not cancel %d tasks on the cluster", len(pending), exc_info=True)
             pending = []
         cancelled = {h.key for h in pending}
+        done = [h.key for h in handles if h.key not in cancelled]
+        if done:  # a value may still be on its way to a caller cancelled meanwhile
+            try:
+                await self._runner.run(self._core.wait_fetches, done)
+            except Exception:  # (then Dask may warn that it couldn't gather it)
+                logger.debug("could not wait for transfers", exc_info=True)
         released = [
             h._future.key for h in handles if self._forget_handle(h) and h.key not in cancelled
         ]
@@ -884,7 +900,9 @@ class DaskExecutor:
         """What ``await handle`` raises for a done task: its remote exception or
         :exc:`TaskCancelled`; ``None`` if it finished (or is not done)."""
         if handle._final_status is not None:
-            return handle._failure
+            if handle._failure is None:
+                return None
+            return handle._failure.with_traceback(handle._failure_traceback)
         status = handle.status
         if handle._cancel_reason is not None:
             return TaskCancelled(handle.key, handle._cancel_reason)
@@ -918,7 +936,7 @@ class DaskExecutor:
         :raises RuntimeError: if the executor has exited (its data is released).
         """
         self._check_handle(handle)
-        self._check_open()
+        self._check_open(fetching=True)
         await anyio.lowlevel.checkpoint_if_cancelled()
         with self._call_under_way():
             value, failure = await self._value_of(handle)
@@ -969,16 +987,21 @@ class DaskExecutor:
         Others may hold their keys too (a compute() of a persisted collection, two compute()
         calls of one collection): then this call lets go of its own references only.
         """
-        for handle in handles:
-            self._calls.setdefault(handle._future.key, []).append(handle)
-            handle._observed = True
-            if self._cancelling_all and not handle.done():  # adopted during an error exit
-                handle._cancel_reason = _REASON_EXIT
-                cancel = functools.partial(self._core.cancel, [handle._future], _REASON_EXIT)
-                self._tg.start_soon(self._in_background, cancel)
+        with self._call_under_way():  # (its cleanup too: the exit closes the client next)
+            return await self._call_results(handles)
+
+    async def _call_results(
+        self, handles: list[TaskHandle[Any]]
+    ) -> tuple[list[Any], Exception | None]:
         try:
-            with self._call_under_way():
-                values, failure = await self._values_of(handles)
+            for handle in handles:
+                self._calls.setdefault(handle._future.key, []).append(handle)
+                handle._observed = True
+                if self._cancelling_all and not handle.done():  # adopted in an error exit
+                    handle._cancel_reason = _REASON_EXIT
+                    cancel = functools.partial(self._core.cancel, [handle._future], _REASON_EXIT)
+                    self._tg.start_soon(self._in_background, cancel)
+            values, failure, culprits = await self._values_of(handles)
         except anyio.get_cancelled_exc_class():
             last_holders = [h for h in handles if self._let_go_of_call(h)]
             if last_holders:  # the last holders of these keys: cancel them
@@ -995,23 +1018,30 @@ class DaskExecutor:
                     sole = self._let_go_of_call(handle)
                     if self._forget_handle(handle) and sole:
                         self._confirm_released(key)
-        if failure is not None:
-            self._observed_by_call(handles)
+        if failure is not None:  # (only the one told: the others' failures are still due)
+            self._observed_by_call([h for h in handles if h.key in culprits])
         return values, failure
 
     async def _values_of(
         self, handles: list[TaskHandle[Any]]
-    ) -> tuple[list[Any], Exception | None]:
-        """Wait for ``handles`` and fetch their values, as :meth:`_value_of` does for one."""
+    ) -> tuple[list[Any], Exception | None, set[str]]:
+        """Wait for ``handles`` and fetch their values, as :meth:`_value_of` does for one:
+        also the keys of the tasks whose failure is returned."""
         if len(handles) == 1:  # run(): the round trip that counts
             value, failure = await self._value_of(handles[0])
-            return [value], failure
-        _, failure = await self._wait_all(handles, stop_at_failure=True)
+            return [value], failure, {handles[0].key}
+        culprits, failure = await self._wait_all(handles, stop_at_failure=True)
         if failure is not None:
-            return [], failure
+            return [], failure, culprits
+        values, failure = await self._gathered(handles)
+        return values, failure, {h.key for h in handles}
+
+    async def _gathered(self, handles: list[TaskHandle[Any]]) -> tuple[list[Any], Exception | None]:
+        """Fetch the values of finished tasks in one request per worker: ``(values, None)``,
+        or ``([], failure)`` if one was cancelled or released while on the way."""
         try:
-            values = await self._runner.run(self._core.gather, [h._future for h in handles])
-        except FutureCancelledError:  # released or cancelled while the values were on the way
+            return await self._runner.run(self._core.gather, [h._future for h in handles]), None
+        except FutureCancelledError:
             for handle in handles:
                 failure = await self._failure_of(handle)
                 if failure is not None:
@@ -1022,7 +1052,6 @@ class DaskExecutor:
                 )
             failure.__suppress_context__ = True
             return [], failure
-        return values, None
 
     def _observed_by_call(self, handles: list[TaskHandle[Any]]) -> None:
         """A call's failure is told to its caller: the exit must not tell it again (also
@@ -1220,7 +1249,7 @@ class DaskExecutor:
         their entries out of dicts (a lone failed handle gives ``None``). Cancelling the
         caller stops the waiting, not the tasks.
         """
-        self._check_open()
+        self._check_open(fetching=True)
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
         found: dict[str, TaskHandle[Any]] = {}
@@ -1230,16 +1259,17 @@ class DaskExecutor:
             found[handle.key] = handle
 
         _map_handles(handles, collect)
-        await anyio.lowlevel.checkpoint()  # cancelled already: raises before any transfer
-        with self._call_under_way():
+        with self._call_under_way():  # (from before the checkpoint: the exit waits for it)
+            await anyio.lowlevel.checkpoint()  # cancelled already: raises before a transfer
             failed, failure = await self._wait_all(
                 list(found.values()), stop_at_failure=errors == "raise"
             )
             if failure is not None:
                 raise failure
             keys = [k for k in found if k not in failed]
-            futures = [found[k]._future for k in keys]
-            values = await self._runner.run(self._core.gather, futures)
+            values, failure = await self._gathered([found[k] for k in keys])
+            if failure is not None:
+                raise failure
         lookup = dict(zip(keys, values, strict=True))
         result = _map_handles(handles, lambda h: _SKIP if h.key in failed else lookup[h.key])
         return None if result is _SKIP else result
@@ -1276,7 +1306,7 @@ class DaskExecutor:
                     if failure is not None:
                         handle._observed = True
                         if stop_at_failure:
-                            return failed, failure
+                            return {handle.key}, failure
                         failed.add(handle.key)
                 if not outstanding:
                     return failed, None
@@ -1310,15 +1340,16 @@ class DaskExecutor:
             raise TypeError(f"broadcast must be True or False, not {broadcast!r}")
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_connected()
-        if type(data) is list:
-            futures = await self._runner.run(self._core.scatter, data, broadcast)
-            return [self._adopt(f) for f in futures]
-        if type(data) is dict:
-            names = list(data)
-            futures = await self._runner.run(self._core.scatter, list(data.values()), broadcast)
-            return {name: self._adopt(f) for name, f in zip(names, futures, strict=True)}
-        futures = await self._runner.run(self._core.scatter, [data], broadcast)
-        return self._adopt(futures[0])
+        with self._call_under_way():  # (the exit waits for the handles it adopts)
+            if type(data) is list:
+                futures = await self._runner.run(self._core.scatter, data, broadcast)
+                return [self._adopt(f) for f in futures]
+            if type(data) is dict:
+                names = list(data)
+                futures = await self._runner.run(self._core.scatter, list(data.values()), broadcast)
+                return {name: self._adopt(f) for name, f in zip(names, futures, strict=True)}
+            futures = await self._runner.run(self._core.scatter, [data], broadcast)
+            return self._adopt(futures[0])
 
     # -- iterating -------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
 
 import distributed
@@ -119,6 +120,7 @@ class TaskHandle(TaskRef, Generic[T_co]):
         "_cancel_reason",
         "_executor",
         "_failure",
+        "_failure_traceback",
         "_final_status",
         "_future",
         "_observed",
@@ -138,6 +140,8 @@ class TaskHandle(TaskRef, Generic[T_co]):
         self._cancel_reason: str | None = None
         self._final_status: TaskStatus | None = None
         self._failure: Exception | None = None
+        #: Its remote traceback, set again on every raise (a raise adds the raiser's frames).
+        self._failure_traceback: TracebackType | None = None
 
     @property
     def key(self) -> str:  # type: ignore[override]  # (a TaskRef's is an attribute)
@@ -192,6 +196,12 @@ class TaskHandle(TaskRef, Generic[T_co]):
     def __reduce__(self) -> tuple[Any, ...]:
         # As a Future pickles: by its key (a worker's client binds it there).
         return distributed.Future, (self._future.key,)
+
+    def __copy__(self) -> TaskHandle[T_co]:  # one task, one handle (pickling gives a Future)
+        return self
+
+    def __deepcopy__(self, memo: object) -> TaskHandle[T_co]:
+        return self
 
     def __await__(self) -> Generator[Any, None, None]:
         return self._executor._wait(self).__await__()

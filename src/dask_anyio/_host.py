@@ -70,29 +70,24 @@ class Host:
         """Enter the scope in the background task; return once it is entered. Checkpoint:
         cancelling it leaves what was entered, then raises."""
         start_background(self._hold, self._name)
-        try:
-            await self._opened.wait()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                self._cancel.cancel()
-                await self._done.wait()
-            raise
-        self._raise_error()
+        await self._wait(self._opened)
 
     async def close(self) -> None:
         """Leave the scope, as a normal exit, and raise what the exit raised. Checkpoint:
         cancelling it makes the exit an exit by cancellation, waited for, then raised."""
         self._close.set()
+        await self._wait(self._done)
+
+    async def _wait(self, event: anyio.Event) -> None:
+        """Wait for ``event``, then raise what the scope raised. If the caller is cancelled
+        meanwhile, cancel the scope's task, wait until it has left the scope, and raise."""
         try:
-            await self._done.wait()
+            await event.wait()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 self._cancel.cancel()
                 await self._done.wait()
             raise
-        self._raise_error()
-
-    def _raise_error(self) -> None:
         error, self._error = self._error, None
         if error is not None:
             raise error
