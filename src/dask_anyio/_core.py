@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import reprlib
@@ -97,7 +98,12 @@ def _raise_if_unpicklable(parts: Iterable[tuple[str, Any]], held: HeldSerializat
             ) from None
 
 
-async def _fetch(client: distributed.Client, fetch: Callable[[], Awaitable[T]]) -> T:
+async def _fetch(
+    client: distributed.Client,
+    fetch: Callable[[], Awaitable[T]],
+    orphans: dict[asyncio.Future[Any], frozenset[Any]],
+    keys: frozenset[Any],
+) -> T:
     """Run Dask's ``fetch()`` (a gather) in its own task, never cancelled by the caller.
 
     Dask's client shares one gathering task between concurrent gathers and keeps it for
@@ -105,7 +111,8 @@ async def _fetch(client: distributed.Client, fetch: Callable[[], Awaitable[T]]) 
     ``ex.client``), it fails that gather and every later one with CancelledError. So a
     cancelled caller leaves its gather running (it finishes, and its data is dropped), a
     shared task found cancelled is let go, and a gather failed by someone else's
-    cancellation is made again.
+    cancellation is made again. A gather left running is kept in ``orphans`` with its
+    ``keys`` until it ends (see :meth:`DaskCore.wait_fetches`).
     """
     for _ in range(3):
         shared = getattr(client, "_gather_future", None)
@@ -118,6 +125,8 @@ async def _fetch(client: distributed.Client, fetch: Callable[[], Awaitable[T]]) 
             current = asyncio.current_task()
             if current is not None and current.cancelling():  # our caller: let it finish
                 task.add_done_callback(_retrieve_outcome)
+                orphans[task] = keys
+                task.add_done_callback(orphans.pop)
                 raise
             # else Dask's shared gathering task was cancelled under us: again
     raise RuntimeError("Dask's client kept cancelling this transfer")
@@ -147,6 +156,8 @@ class DaskCore:
         #: loop turn, by the function that delivers them.
         self._watching: set[asyncio.Task[None]] = set()
         self._done: dict[Callable[[list[Any]], object], list[Any]] = {}
+        #: Transfers whose caller stopped waiting, still running, with their keys.
+        self._orphans: dict[asyncio.Future[Any], frozenset[Any]] = {}
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -412,6 +423,15 @@ class DaskCore:
         persisted = list(self.client.persist(collections, **options))
         return persisted, list(distributed.futures_of(persisted))
 
+    async def wait_fetches(self, keys: Collection[Any]) -> None:
+        """Wait until the transfers of ``keys`` that their callers stopped waiting for have
+        ended (for :data:`FORGET_TIMEOUT` at most): released under a transfer, a key makes
+        Dask's client warn that it "couldn't gather" it, though we dropped it on purpose."""
+        wanted = set(keys)
+        running = [task for task, of in self._orphans.items() if not wanted.isdisjoint(of)]
+        if running:
+            await asyncio.wait(running, timeout=FORGET_TIMEOUT)
+
     @staticmethod
     def release(future: distributed.Future[Any]) -> None:
         """Drop our reference to ``future``'s key. Thread-safe; the scheduler is told later."""
@@ -439,7 +459,7 @@ class DaskCore:
 
     async def result(self, future: distributed.Future[Any]) -> Any:
         """Fetch the value of a finished future. Cancelling this stops the waiting only."""
-        return await _fetch(self.client, future.result)
+        return await _fetch(self.client, future.result, self._orphans, frozenset([future.key]))
 
     async def call(
         self, fn: Callable[..., object], args: tuple[Any, ...], kwargs: Mapping[str, Any]
@@ -454,7 +474,9 @@ class DaskCore:
         """Fetch the values of finished futures, in one request per worker."""
         if not futures:
             return []
-        values: list[Any] = await _fetch(self.client, lambda: self.client.gather(futures))
+        keys = frozenset(f.key for f in futures)
+        gather = functools.partial(self.client.gather, futures)
+        values: list[Any] = await _fetch(self.client, gather, self._orphans, keys)
         return values
 
     async def scatter(self, data: list[Any] | dict[Any, Any], broadcast: bool) -> Any:
