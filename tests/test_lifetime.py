@@ -4,10 +4,13 @@ to one whose event loop's run ends while it is open."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from typing import Any
 
 import anyio
+import anyio.to_thread
+import distributed
 import pytest
 import trio
 
@@ -15,6 +18,13 @@ from dask_anyio import DaskExecutor, TaskStatus
 
 from .conftest import ABSENT, ExternalCluster
 from .tasks import inc, raise_remote_only, set_event, wait_for_event
+
+
+async def in_a_fresh_context(fn: Any) -> Any:
+    """``fn()`` in a worker thread whose context is a new one (not the caller's, where no
+    executor's scope is current either)."""
+    return await anyio.to_thread.run_sync(contextvars.Context().run, fn)
+
 
 RUN_ENDED = r"closed when the run of the event loop that opened it ended .*%autoawait trio"
 
@@ -32,6 +42,8 @@ async def test_open_and_aclose_from_different_tasks(external_cluster: ExternalCl
 
     async with anyio.create_task_group() as tg:  # (a cell's task, say)
         tg.start_soon(use)
+    # Dask's blocking API of any task finds it (a notebook's later cell, in a worker thread)
+    assert await in_a_fresh_context(distributed.get_client) is ex.client
     pending = ex.submit(inc, 2)
     with pytest.RaisesGroup(pytest.RaisesExc(match="nobody awaited this")):
         await ex.aclose()
@@ -39,6 +51,8 @@ async def test_open_and_aclose_from_different_tasks(external_cluster: ExternalCl
     assert pending.status is TaskStatus.FINISHED
     assert external_cluster.scheduler_keys() == set()
     await ex.aclose()  # left already: nothing to do
+    with pytest.raises(ValueError, match="No global client"):
+        await in_a_fresh_context(distributed.get_client)
     with pytest.raises(RuntimeError, match="closed"):
         ex.submit(inc, 1)
     with pytest.raises(RuntimeError, match="entered only once"):

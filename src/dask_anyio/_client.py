@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import distributed
-from distributed.client import _current_client
+from distributed.client import _current_client, _set_global_client
 
-__all__ = ["BLOCKING_ON_THE_LOOP", "Client", "current_client"]
+__all__ = ["BLOCKING_ON_THE_LOOP", "Client", "current_client", "make_default"]
 
 #: What a blocking call of Dask's on the event loop's thread raises.
 BLOCKING_ON_THE_LOOP = (
@@ -70,3 +70,12 @@ def current_client(client: distributed.Client, never_block: int | None) -> Itera
         # (left from another context, a later notebook cell say: it was not set there)
         with contextlib.suppress(ValueError):
             _current_client.reset(token)
+
+
+def make_default(client: distributed.Client) -> None:
+    """Make ``client`` (if it is one of ours) Dask's default client, for every task and
+    thread, as ``Client()`` makes itself unless ``set_as_default=False``: for an executor
+    opened with ``open()``, whose scope no caller's task holds (a notebook's later cells are
+    tasks of their own, with contexts of their own). Closing the client undoes it."""
+    if isinstance(client, Client):
+        _set_global_client(client)

@@ -42,7 +42,7 @@ from distributed.client import FutureCancelledError
 from distributed.deploy.cluster import Cluster
 
 from ._bridge import CoreRunner, open_core_runner
-from ._client import current_client
+from ._client import current_client, make_default
 from ._core import DaskCore, _connect_timeout, logger
 from ._handle import ExecutorStatistics, SchedulerLost, TaskCancelled, TaskHandle, TaskStatus
 from ._host import Host, start_background
@@ -224,6 +224,9 @@ class DaskExecutor:
             raise RuntimeError("a DaskExecutor can be entered only once")
         self._host = Host(self, name=f"dask-anyio: {self!r}")
         await self._host.open()
+        # The scope's current client is the host task's: make it Dask's default instead,
+        # for the blocking API of every later cell (a notebook's xarray, say).
+        make_default(self._core.client)
         return self
 
     async def aclose(self) -> None:
