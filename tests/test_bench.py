@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dask_anyio._bench import report, runner
+from dask_anyio_bench import report, runner
 
 
 def _data(runs: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +147,7 @@ def test_a_plan_can_run_some_workloads_only() -> None:
 def test_a_report_is_written_again_from_its_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`python -m dask_anyio._bench.report DIR` rewrites the markdown and the chart from
+    """`python -m dask_anyio_bench.report DIR` rewrites the markdown and the chart from
     results.json, with the current report's labels. (The chart is not drawn here:
     matplotlib keeps its font files open for the life of the process.)"""
     charts: list[Path] = []

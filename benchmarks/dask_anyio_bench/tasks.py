@@ -1,7 +1,8 @@
 """Task functions and the scheduler plugin of the benchmarks.
 
-Workers import this module by name (it ships with dask-anyio); the scheduler loads it with
-``--preload``, which calls :func:`dask_setup` and installs :class:`ForgetClock`.
+Workers import this module by name (the runner puts the benchmarks folder on their
+``PYTHONPATH``); the scheduler loads it with ``--preload``, which calls :func:`dask_setup` and
+installs :class:`ForgetClock`.
 
 Each workload has task functions of its own: the scheduler groups tasks by function name
 (task groups), and groups shared between workloads would change how it queues them (a chain
@@ -137,7 +138,7 @@ class ForgetClock(SchedulerPlugin):
 
 
 def dask_setup(scheduler: Any) -> None:
-    """``dask scheduler --preload dask_anyio._bench.tasks``: install the plugin, and close
+    """``dask scheduler --preload dask_anyio_bench.tasks``: install the plugin, and close
     the scheduler if the runner that started it dies (it runs in a session of its own)."""
     from tornado.ioloop import PeriodicCallback
 

@@ -346,7 +346,7 @@ def rerender(output: Path) -> None:
     chart(data, output / "results.png")
 
 
-if __name__ == "__main__":  # python -m dask_anyio._bench.report DIRECTORY
+if __name__ == "__main__":  # python -m dask_anyio_bench.report DIRECTORY
     import sys
 
     rerender(Path(sys.argv[1]))

@@ -1,7 +1,7 @@
 """The contenders of the benchmarks: one way each of driving Dask from an async program.
 
 Every contender offers the same small set of operations (:class:`Session`), in its own idiom,
-so that the workloads (:mod:`dask_anyio._bench.workloads`) are written once:
+so that the workloads (:mod:`dask_anyio_bench.workloads`) are written once:
 
 * ``raw-asyncio``: ``distributed.Client(asynchronous=True)`` under asyncio, the baseline;
 * ``dask-anyio-asyncio`` and ``dask-anyio-trio``: :class:`~dask_anyio.DaskExecutor`;

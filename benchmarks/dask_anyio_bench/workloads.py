@@ -1,14 +1,14 @@
 """The workloads of the benchmarks, run by one contender in a process of its own.
 
-``python -m dask_anyio._bench.workloads SPEC`` runs the workloads that the JSON ``SPEC``
+``python -m dask_anyio_bench.workloads SPEC`` runs the workloads that the JSON ``SPEC``
 names, with the contender it names, against a running scheduler, and prints one JSON
-object of measurements on its last line. The runner (:mod:`dask_anyio._bench.runner`) starts
-one such process per contender and repetition, interleaved, so that contenders share no
-client, event loop or heap.
+object of measurements on its last line. The runner (:mod:`dask_anyio_bench.runner`)
+starts one such process per contender and repetition, interleaved, so that contenders
+share no client, event loop or heap.
 
 A synchronous ``distributed.Client`` of this process, the *observer*, polls the scheduler
 (never inside a timed section) and reads the times at which the scheduler plugin of
-:mod:`dask_anyio._bench.tasks` saw keys forgotten. After every workload, untimed, the
+:mod:`dask_anyio_bench.tasks` saw keys forgotten. After every workload, untimed, the
 observer waits until the scheduler holds no task at all: whatever a contender leaves to do
 after its timed section (the raw client releases dropped futures in the background; a
 dask-anyio executor confirms at its exit) is done before the next one starts.
@@ -83,7 +83,7 @@ class Observer:
 
     async def stop_times(self, name: str, *, stopped: bool) -> tuple[float, float] | None:
         """When the stop target ``name`` started and stopped on its worker (see
-        :func:`~dask_anyio._bench.tasks.stop_times`), polled for up to ``STOP_CAP`` s until
+        :func:`~dask_anyio_bench.tasks.stop_times`), polled for up to ``STOP_CAP`` s until
         it started (or, with ``stopped``, stopped); ``None`` if it did not."""
 
         def times(per_worker: dict[str, Any]) -> tuple[float, float | None] | None:
@@ -109,7 +109,7 @@ class Observer:
 
     async def wait_forgotten(self, since: float, n: int) -> dict[str, Any] | None:
         """Once the scheduler forgot ``n`` cancel targets since ``since``: its summary
-        (see :func:`~dask_anyio._bench.tasks.forgotten_since`); ``None`` after the give-up
+        (see :func:`~dask_anyio_bench.tasks.forgotten_since`); ``None`` after the give-up
         time."""
         seen: dict[str, Any] = await self.poll(
             FORGET_GIVE_UP, lambda seen: seen["count"] >= n, tasks.forgotten_since, since
@@ -317,7 +317,7 @@ async def stop_killed(session: Session, observer: Observer, n: int) -> dict[str,
 async def kill_on_cancel_trip(session: Session, n: int) -> dict[str, Any]:
     """Sequential round trips of a plain call and of two calls in a kill_on_cancel child,
     interleaved: of a builtin function (the child imports nothing for it: the fixed cost)
-    and of :func:`~dask_anyio._bench.tasks.trip`, whose module imports distributed (as
+    and of :func:`~dask_anyio_bench.tasks.trip`, whose module imports distributed (as
     much task code does). The overheads are differences of medians."""
     from dask_anyio import kill_on_cancel
 

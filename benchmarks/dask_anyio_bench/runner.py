@@ -1,4 +1,4 @@
-"""The benchmark runner: ``dask anyio bench`` and ``nox -s bench``.
+"""The benchmark runner: ``nox -s bench`` (``python -m dask_anyio_bench``).
 
 In one run it starts its own cluster (``dask scheduler`` and ``dask worker`` processes on
 127.0.0.1, port 0, no dashboard), once per ``worker-saturation`` setting, and runs every
@@ -30,6 +30,11 @@ from . import report
 from .contenders import BASELINE, CONTENDERS
 
 MIB = 2**20
+#: The folder that holds this package: the processes the runner starts import the benchmark's
+#: modules from it (they are not installed).
+BENCHMARKS = Path(__file__).resolve().parent.parent
+#: Where runs write their results by default (``full``, ``quick``, ``partial``).
+RESULTS = BENCHMARKS / "results"
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ class Cluster:
 def start_cluster(saturation: str, plan: Plan, log: Path) -> Iterator[Cluster]:
     """A scheduler (with the benchmark's plugin preloaded) and workers on 127.0.0.1."""
     env = {
-        **os.environ,
+        **_environment(),
         "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": saturation,
         # the observer's polls would fill the log with "Run out-of-band function"
         "DASK_LOGGING__DISTRIBUTED": "warning",
@@ -144,7 +149,7 @@ def start_cluster(saturation: str, plan: Plan, log: Path) -> Iterator[Cluster]:
         http = ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
         scheduler = ["--host", "127.0.0.1", "--port", "0", *http]
         scheduler += ["--scheduler-file", str(scheduler_file)]
-        scheduler += ["--preload", "dask_anyio._bench.tasks"]
+        scheduler += ["--preload", "dask_anyio_bench.tasks"]
         try:
             cluster.processes.append(spawn("distributed.cli.dask_scheduler", *scheduler))
             cluster.address = _wait_for_address(scheduler_file, cluster.processes[0])
@@ -158,6 +163,14 @@ def start_cluster(saturation: str, plan: Plan, log: Path) -> Iterator[Cluster]:
             yield cluster
         finally:
             _stop(cluster.processes)
+
+
+def _environment() -> dict[str, str]:
+    """This process's environment, with :data:`BENCHMARKS` first on ``PYTHONPATH``: the
+    scheduler preloads :mod:`.tasks`, workers and their ``kill_on_cancel`` children unpickle
+    its functions, contender processes run :mod:`.workloads`."""
+    path = [str(BENCHMARKS), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
 def _spawner(env: dict[str, str], out: Any) -> Callable[..., subprocess.Popen[bytes]]:
@@ -205,12 +218,14 @@ def run_contender(
 ) -> dict[str, Any]:
     """Run ``workloads`` with ``contender`` in a fresh process; return its measurements."""
     spec = json.dumps({"contender": contender, "address": address, "workloads": workloads})
-    command = [sys.executable, "-m", "dask_anyio._bench.workloads", spec]
+    command = [sys.executable, "-m", "dask_anyio_bench.workloads", spec]
     with log.open("ab") as err:
         err.write(f"\n=== {contender} {workloads}\n".encode())
         err.flush()
         try:
-            done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, timeout=timeout)
+            done = subprocess.run(
+                command, env=_environment(), stdout=subprocess.PIPE, stderr=err, timeout=timeout
+            )
         except subprocess.TimeoutExpired:
             return {"process_error": f"did not finish within {timeout:g} s; see {log}"}
     lines = done.stdout.decode().strip().splitlines()
