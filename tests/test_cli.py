@@ -144,6 +144,21 @@ def test_dask_cli_plugin() -> None:
     assert "--address ADDR" in out
 
 
+def test_loading_the_dask_cli_plugin_does_not_import_the_demo() -> None:
+    """Dask loads every `dask_cli` plugin for every `dask` command (`dask worker` too): loading
+    ours imports the demo (and its progress bar) only when a command runs."""
+    check = (
+        "import importlib.metadata, sys\n"
+        "(plugin,) = importlib.metadata.entry_points(group='dask_cli', name='anyio')\n"
+        "plugin.load()\n"
+        "print(sorted({'dask_anyio._cli', 'dask_anyio._demo', 'tqdm'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, check=True, text=True
+    )
+    assert result.stdout == "['dask_anyio._cli']\n"
+
+
 @pytest.mark.parametrize(
     "command",
     [["dask", "anyio"], [sys.executable, "-m", "dask_anyio"]],

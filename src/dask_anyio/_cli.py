@@ -1,4 +1,9 @@
-"""Command line: ``dask anyio ...`` (a ``dask_cli`` entry point) and ``python -m dask_anyio``."""
+"""Command line: ``dask anyio ...`` (a ``dask_cli`` entry point) and ``python -m dask_anyio``.
+
+Dask loads every ``dask_cli`` entry point for every ``dask`` command, ``dask worker``
+included. Beyond the package itself, loading this module imports only click (which Dask's
+command line has imported already): each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,7 @@ import importlib.util
 import sys
 from functools import partial
 
-import anyio
 import click
-
-from ._demo import demo as run_demo
 
 
 @click.group(name="anyio")
@@ -54,6 +56,10 @@ def demo(backend: str, address: str | None, delay: float, progress: bool | None)
     function over 20 items with a progress bar; then cancels a long call with a timeout
     and shows that the scheduler forgot its task.
     """
+    import anyio
+
+    from ._demo import demo as run_demo
+
     if backend == "trio" and importlib.util.find_spec("trio") is None:
         raise click.UsageError("--backend trio needs trio: pip install 'dask-anyio[trio]'")
     scenario = partial(
