@@ -22,8 +22,9 @@ html_theme_options = {
 myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-# Names outside this package (the standard library, Dask, anyio) and type variables.
+# Names outside this package (the standard library, Dask, anyio), type variables, and the
+# internal records that handles and iterators are made over (users never make those).
 nitpick_ignore_regex = [
     (r"py:.*", r"(asyncio|collections\.abc|typing|types|os|distributed|anyio|trio|dask)\..*"),
-    (r"py:.*", r"(Cluster|ExceptionGroup|_Stream|~?P|.*\.(T|T_co|K|C|Y)|typing\.~P)"),
+    (r"py:.*", r"(Cluster|ExceptionGroup|StreamState|TaskState|Parts|~?P|.*\.(T|T_co|K|C|Y)|typing\.~P)"),
 ]

@@ -23,6 +23,8 @@ import psutil
 import pytest
 from distributed.security import Security
 
+from dask_anyio._core import CANCEL_CHUNK
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Every test fails if it leaves threads, child processes or file descriptors behind
@@ -78,6 +80,12 @@ class ExternalCluster:
         with anyio.fail_after(10):
             while not any(k.startswith(prefix) for k in self.scheduler_keys()):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
+
+    def cancel_requests(self, client_id: str) -> list[int]:
+        """How many keys each cancel request of the client ``client_id`` named, in order (the
+        scheduler logs an event per request)."""
+        events = self.observer.get_events(client_id)
+        return [msg["count"] for _, msg in events if msg.get("action") == "cancel"]
 
     def task_states(self) -> dict[str, str]:
         states: dict[str, str] = self.observer.run_on_scheduler(_scheduler_task_states)
@@ -270,15 +278,8 @@ def _process_wide_helpers() -> None:
         uvloop.new_event_loop().close()
 
 
-def count_cancel_requests(ex: Any) -> list[int]:
-    """Make the open executor ``ex`` record the number of tasks of each cancel request it
-    sends to the cluster, in the returned list (white box: for tests of the batching)."""
-    sizes: list[int] = []
-    cancel = ex._core.cancel
-
-    async def counted(futures: Any, reason: str) -> None:
-        sizes.append(len(futures))
-        await cancel(futures, reason)
-
-    ex._core.cancel = counted
-    return sizes
+def sent_together(keys: int) -> list[int]:
+    """The cancel requests that cancel ``keys`` keys at once: one call of the core, which
+    sends them in chunks (the scheduler handles one cancel of n keys in O(n**2) steps)."""
+    full, rest = divmod(keys, CANCEL_CHUNK)
+    return [CANCEL_CHUNK] * full + ([rest] if rest else [])

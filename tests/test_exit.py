@@ -113,7 +113,9 @@ async def test_observed_failure_is_not_raised_again(external_cluster: ExternalCl
         await cancelled
 
 
-async def test_executor_loop_thread_is_joined(external_cluster: ExternalCluster) -> None:
+async def test_executor_loop_thread_is_joined(
+    external_cluster: ExternalCluster, anyio_backend_name: str
+) -> None:
     """Under trio the Dask client runs on a private loop thread, joined at exit."""
     import threading
 
@@ -122,7 +124,7 @@ async def test_executor_loop_thread_is_joined(external_cluster: ExternalCluster)
     async with DaskExecutor(external_cluster.address) as ex:
         await ex.run(inc, 1)
         names = [t.name for t in threading.enumerate()]
-        uses_thread = ex._runner.core is not ex._runner.front
+        uses_thread = anyio_backend_name == "trio"
         assert names.count(LOOP_THREAD_NAME) == (1 if uses_thread else 0)
     assert LOOP_THREAD_NAME not in [t.name for t in threading.enumerate()]
 
@@ -137,20 +139,6 @@ async def test_cancelled_while_entering_leaves_nothing(deadline: float) -> None:
             await ex.run(inc, 1)
             await anyio.sleep_forever()
     assert scope.cancelled_caught
-
-
-async def test_keys_released_by_run_are_confirmed_in_batches(
-    external_cluster: ExternalCluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """run() keys are confirmed forgotten in the background once a batch has gathered."""
-    from dask_anyio import _executor
-
-    monkeypatch.setattr(_executor, "_CONFIRM_BATCH", 3)
-    async with DaskExecutor(external_cluster.address) as ex:
-        for i in range(7):
-            assert await ex.run(inc, i) == i + 1
-        assert len(ex._released_keys) == 1  # two batches of 3 went to the background
-    assert external_cluster.scheduler_keys() == set()
 
 
 async def test_unobserved_failure_is_noted_on_error_exit(external_cluster: ExternalCluster) -> None:

@@ -1,27 +1,33 @@
 """dask-anyio: submit work to a Dask cluster from asyncio and trio, with structured concurrency.
 
-Layers, lowest first; a higher layer uses only the public functions of the lower ones:
+Layers, lowest first; a module uses only the public names of the modules below it (the
+order is in ``tests/test_layers.py``, which fails on an import that points up):
 
-* ``_core``: the asyncio core, one asynchronous :class:`distributed.Client` (and perhaps a
-  cluster) on one asyncio loop. Knows nothing of anyio or trio.
+* shared: ``_errors`` (exceptions, cancel reasons), ``_logs``, ``_diagnose``, ``_client``.
+* worker side: ``_child``, ``_remote`` (``checkpoint``, ``kill_on_cancel``), run in workers.
+* ``_forget``, ``_transfer``, ``_connect``, ``_core``: the asyncio core, one asynchronous
+  :class:`distributed.Client` (and perhaps a cluster) on one asyncio loop. Knows nothing of
+  anyio or trio.
 * ``_bridge``: the thread bridge. :meth:`LoopToken.run_sync_soon` is the one primitive that
   crosses threads; ``open_core_runner`` picks, once per executor, whether the core runs on the
   caller's asyncio loop or on a private asyncio loop thread (under trio).
-* ``_handle``, ``_streams`` and ``_executor``: the anyio front end, :class:`DaskExecutor`,
-  :class:`TaskHandle` and the iterators over tasks, running on the caller's loop.
+* the anyio front end, on the caller's loop: ``_handle`` (a thin :class:`TaskHandle` over its
+  state record), ``_options``, ``_gate``, ``_watch``, ``_tasks`` (the task table), ``_fetch``,
+  the iterators (``_completed``, ``_streams``), ``_scope`` (entering and the exit rules),
+  ``_work``, and the façade :class:`DaskExecutor` (``_lifetime``, ``_executor``).
 * ``_cli`` and ``_demo``: the ``dask anyio`` command line.
 """
 
+from ._completed import AsCompleted as AsCompleted
+from ._errors import SchedulerLost as SchedulerLost
+from ._errors import TaskCancelled as TaskCancelled
 from ._executor import DaskExecutor as DaskExecutor
 from ._handle import ExecutorStatistics as ExecutorStatistics
-from ._handle import SchedulerLost as SchedulerLost
-from ._handle import TaskCancelled as TaskCancelled
 from ._handle import TaskHandle as TaskHandle
 from ._handle import TaskStatus as TaskStatus
 from ._remote import CancelledOnWorker as CancelledOnWorker
 from ._remote import checkpoint as checkpoint
 from ._remote import kill_on_cancel as kill_on_cancel
-from ._streams import AsCompleted as AsCompleted
 from ._streams import ResultStream as ResultStream
 
 __all__ = [

@@ -23,6 +23,8 @@ import sys
 import types
 from typing import Any, BinaryIO
 
+__all__ = ["HEADER_SIZE", "complete", "header", "main", "read_frame"]
+
 _LENGTH = struct.Struct("!Q")
 
 

@@ -13,6 +13,8 @@ from functools import partial
 
 import click
 
+__all__ = ["main"]
+
 
 @click.group(name="anyio")
 @click.version_option(package_name="dask-anyio", message="%(package)s %(version)s")

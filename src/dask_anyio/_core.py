@@ -4,7 +4,9 @@ Everything here is plain asyncio and runs on the *core loop*, the loop that owns
 :class:`distributed.Client`. The coroutine methods must be awaited on that loop; the plain
 methods (:meth:`DaskCore.submit`, :meth:`DaskCore.map`, :meth:`DaskCore.release`) are
 thread-safe because the Dask client's ``submit``, ``map`` and ``Future.release`` are.
-This module knows nothing of anyio, trio or handles.
+This module knows nothing of anyio, trio or handles. Opening the client is
+:mod:`._connect`'s job, confirming that keys are forgotten :mod:`._forget`'s, and transfers
+that outlive their caller :mod:`._transfer`'s.
 """
 
 from __future__ import annotations
@@ -16,29 +18,28 @@ import inspect
 import logging
 import reprlib
 import uuid
-import warnings
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, TypeVar
 
-import dask.config
 import distributed
 from dask.base import tokenize
-from dask.utils import apply, funcname, parse_timedelta
-from distributed.comm.core import CommClosedError
-from distributed.deploy.cluster import Cluster
-from distributed.security import Security
+from dask.utils import apply, funcname
+from distributed.client import FutureCancelledError
 from distributed.utils import iscoroutinefunction
 
-from ._client import Client
-from ._diagnose import (
-    missing_main_guard,
-    refuse_while_importing_main_for_a_child,
-    unguarded_main_script,
-)
-from ._logs import HeldSerializationErrors, QuietCancelledClose
+from ._connect import Connection, open_connection
+from ._forget import FORGET_TIMEOUT, wait_forgotten
+from ._logs import HeldSerializationErrors
 from ._remote import run_coroutine
+from ._transfer import Transfers
 
-__all__ = ["DaskCore", "SubmitOptions"]
+__all__ = [
+    "CANCEL_CHUNK",
+    "SCHEDULER_LOST",
+    "DaskCore",
+    "SubmitOptions",
+    "logger",
+]
 
 logger = logging.getLogger("dask_anyio")
 
@@ -47,20 +48,10 @@ T = TypeVar("T")
 #: Options passed through to :meth:`distributed.Client.submit` and ``map``.
 SubmitOptions = Mapping[str, Any]
 
-#: How long cleanup waits for the scheduler to confirm that it forgot our keys.
-FORGET_TIMEOUT = 10.0
 #: The most keys in one cancel message (see DaskCore.cancel).
-_CANCEL_CHUNK = 200
-#: A resource no worker has: a task that needs it is received by the scheduler, never run.
-_NEVER = {"dask-anyio-barrier": 1}
-
-
-def _connect_timeout(timeout: float | str | None) -> float:
-    if timeout is None:
-        timeout = dask.config.get("distributed.comm.timeouts.connect")
-    seconds = parse_timedelta(timeout, default="s")
-    assert seconds is not None
-    return float(seconds)
+CANCEL_CHUNK = 200
+#: The reason Dask gives to futures cancelled because the scheduler connection was lost.
+SCHEDULER_LOST = "scheduler-connection-lost"
 
 
 _CLIENT_SUBMIT_PARAMETERS = frozenset(inspect.signature(distributed.Client.submit).parameters)
@@ -98,181 +89,33 @@ def _raise_if_unpicklable(parts: Iterable[tuple[str, Any]], held: HeldSerializat
             ) from None
 
 
-async def _fetch(
-    client: distributed.Client,
-    fetch: Callable[[], Awaitable[T]],
-    orphans: dict[asyncio.Future[Any], frozenset[Any]],
-    keys: frozenset[Any],
-) -> T:
-    """Run Dask's ``fetch()`` (a gather) in its own task, never cancelled by the caller.
-
-    Dask's client shares one gathering task between concurrent gathers and keeps it for
-    the next ones: cancelled before it ran (by a cancelled caller, here or through
-    ``ex.client``), it fails that gather and every later one with CancelledError. So a
-    cancelled caller leaves its gather running (it finishes, and its data is dropped), a
-    shared task found cancelled is let go, and a gather failed by someone else's
-    cancellation is made again. A gather left running is kept in ``orphans`` with its
-    ``keys`` until it ends (see :meth:`DaskCore.wait_fetches`).
-    """
-    for _ in range(3):
-        shared = getattr(client, "_gather_future", None)
-        if shared is not None and shared.cancelled():  # see above: Dask cannot recover
-            client._gather_future = None
-        task = asyncio.ensure_future(fetch())
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():  # our caller: let it finish
-                task.add_done_callback(_retrieve_outcome)
-                orphans[task] = keys
-                task.add_done_callback(orphans.pop)
-                raise
-            # else Dask's shared gathering task was cancelled under us: again
-    raise RuntimeError("Dask's client kept cancelling this transfer")
-
-
-def _retrieve_outcome(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: asyncio must not log it as never retrieved
-
-
 class DaskCore:
     """One Dask client (and possibly one cluster) on the running asyncio loop."""
 
-    def __init__(
-        self,
-        client: distributed.Client,
-        *,
-        cluster: Cluster | None,
-        owns_client: bool,
-        owns_cluster: bool,
-    ) -> None:
-        self.client = client
-        self.cluster = cluster
-        self._owns_client = owns_client
-        self._owns_cluster = owns_cluster
+    def __init__(self, connection: Connection) -> None:
+        self.client: distributed.Client = connection.client
+        self._connection = connection
         #: Tasks waiting for futures to be done (see watch), and the items done in this
         #: loop turn, by the function that delivers them.
         self._watching: set[asyncio.Task[None]] = set()
         self._done: dict[Callable[[list[Any]], object], list[Any]] = {}
-        #: Transfers whose caller stopped waiting, still running, with their keys.
-        self._orphans: dict[asyncio.Future[Any], frozenset[Any]] = {}
+        self._transfers = Transfers(self.client)
 
     # -- opening and closing ---------------------------------------------------------------
 
     @classmethod
-    async def open(
-        cls,
-        *,
-        address: str | None,
-        cluster: Cluster | None,
-        client: distributed.Client | None,
-        security: Any,
-        connect_timeout: float | str | None,
-        local_cluster_kwargs: Mapping[str, Any],
-    ) -> DaskCore:
-        """Connect as the executor's arguments ask. Must run on the core loop."""
-        if client is not None:
-            return cls(client, cluster=None, owns_client=False, owns_cluster=False)
-        timeout = _connect_timeout(connect_timeout)
-        owns_cluster = False
-        if cluster is not None:
-            address = cluster.scheduler_address
-            if security is None:
-                security = getattr(cluster, "security", None)
-        elif address is None:
-            address = dask.config.get("scheduler-address", None)
-        if address is None:
-            cluster = await cls._start_local_cluster(local_cluster_kwargs)
-            owns_cluster = True
-            address = cluster.scheduler_address
-            security = getattr(cluster, "security", None)
-        try:
-            new_client = await cls._connect(address, security, timeout)
-        except BaseException:
-            if owns_cluster:
-                assert cluster is not None
-                await cluster.close()
-            raise
-        return cls(new_client, cluster=cluster, owns_client=True, owns_cluster=owns_cluster)
-
-    @staticmethod
-    async def _start_local_cluster(kwargs: Mapping[str, Any]) -> Cluster:
-        options: dict[str, Any] = {
-            "processes": True,
-            "host": "127.0.0.1",
-            "scheduler_port": 0,
-            "dashboard_address": "127.0.0.1:0",
-        }
-        options.update(kwargs)
-        # Its workers close with the executor, maybe as a cancelled task ends: no warning.
-        options["plugins"] = (*options.get("plugins", ()), QuietCancelledClose())
-        if options.get("processes") is False:
-            del options["host"]  # in-process workers talk over inproc://, not TCP
-        else:  # a worker process re-running an unguarded script would start clusters
-            refuse_while_importing_main_for_a_child()
-        cluster = distributed.LocalCluster(asynchronous=True, **options)
-        starting = asyncio.ensure_future(cast(Awaitable[Any], cluster))
-        try:
-            await asyncio.shield(starting)
-        except BaseException as exc:
-            # A half-started cluster cannot be closed: let the start finish (or fail) first.
-            with contextlib.suppress(Exception):
-                await starting
-            try:
-                await cast(Awaitable[Any], cluster.close())
-            except Exception:  # keep the reason it did not start
-                logger.warning("could not close a LocalCluster that failed to start", exc_info=True)
-            script = unguarded_main_script() if isinstance(exc, Exception) else None
-            if script is not None:  # the reason, in the last line the user reads
-                raise RuntimeError(missing_main_guard(script)) from exc
-            raise
-        return cluster
-
-    @staticmethod
-    async def _connect(address: str, security: Any, connect_timeout: float) -> distributed.Client:
-        if security is None:
-            security = Security()  # what Dask's configuration says, as Client() would use
-        if security.require_encryption and not address.startswith(("tls://", "inproc://")):
-            raise ValueError(
-                f"the security settings require encryption, and {address!r} is not a tls:// "
-                "address: refusing to connect without it"
-            )
-        if address.startswith("tls://") and (
-            security.get_connection_args("client").get("ssl_context") is None
-        ):
-            raise ValueError(
-                f"{address!r} speaks TLS: pass security=Security(tls_ca_file=..., "
-                "tls_client_cert=..., tls_client_key=...) or set Dask's distributed.comm.tls "
-                "configuration"
-            )
-        client = Client(
-            address,
-            asynchronous=True,
-            security=security,
-            timeout=connect_timeout,
-            set_as_default=False,
-        )
-        try:
-            await client
-        except BaseException as exc:
-            await client.close()
-            if isinstance(exc, OSError | asyncio.TimeoutError):
-                raise ConnectionError(
-                    f"could not connect to the Dask scheduler at {address!r} "
-                    f"within {connect_timeout:g} s: {exc}"
-                ) from exc
-            raise
-        return client
+    async def open(cls, **arguments: Any) -> DaskCore:
+        """Connect as the executor's arguments ask (see :func:`open_connection`). Must run on
+        the core loop."""
+        return cls(await open_connection(**arguments))
 
     async def close(self) -> None:
         """Close what this core owns: the client, then the cluster."""
-        if self._owns_client:
+        connection = self._connection
+        if connection.owns_client:
             await self.client.close()
-        if self._owns_cluster:
-            assert self.cluster is not None
-            await self.cluster.close()
+        if connection.owns_cluster and connection.cluster is not None:
+            await connection.cluster.close()
 
     @property
     def scheduler_address(self) -> str | None:
@@ -283,6 +126,18 @@ class DaskCore:
     def dashboard_link(self) -> str | None:
         link = self.client.dashboard_link
         return link if isinstance(link, str) else None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected (not reconnecting after losing the scheduler)."""
+        return bool(self.client.status == "running")
+
+    @property
+    def scheduler_identity(self) -> Mapping[str, Any]:
+        """What the scheduler last told the client of itself (workers, threads, memory):
+        a plain read, no request."""
+        identity = getattr(self.client, "_scheduler_identity", None)
+        return identity if isinstance(identity, Mapping) else {}
 
     # -- watching (on the core loop) -------------------------------------------------------
 
@@ -427,10 +282,7 @@ class DaskCore:
         """Wait until the transfers of ``keys`` that their callers stopped waiting for have
         ended (for :data:`FORGET_TIMEOUT` at most): released under a transfer, a key makes
         Dask's client warn that it "couldn't gather" it, though we dropped it on purpose."""
-        wanted = set(keys)
-        running = [task for task, of in self._orphans.items() if not wanted.isdisjoint(of)]
-        if running:
-            await asyncio.wait(running, timeout=FORGET_TIMEOUT)
+        await self._transfers.wait(keys, FORGET_TIMEOUT)
 
     @staticmethod
     def release(future: distributed.Future[Any]) -> None:
@@ -459,7 +311,7 @@ class DaskCore:
 
     async def result(self, future: distributed.Future[Any]) -> Any:
         """Fetch the value of a finished future. Cancelling this stops the waiting only."""
-        return await _fetch(self.client, future.result, self._orphans, frozenset([future.key]))
+        return await self._transfers.fetch(future.result, frozenset([future.key]))
 
     async def call(
         self, fn: Callable[..., object], args: tuple[Any, ...], kwargs: Mapping[str, Any]
@@ -476,7 +328,7 @@ class DaskCore:
             return []
         keys = frozenset(f.key for f in futures)
         gather = functools.partial(self.client.gather, futures)
-        values: list[Any] = await _fetch(self.client, gather, self._orphans, keys)
+        values: list[Any] = await self._transfers.fetch(gather, keys)
         return values
 
     async def scatter(self, data: list[Any] | dict[Any, Any], broadcast: bool) -> Any:
@@ -498,6 +350,18 @@ class DaskCore:
                 await self.wait_forgotten(keys, arrived=keys)
             raise
 
+    @staticmethod
+    async def cancel_reason(future: distributed.Future[Any]) -> str:
+        """Why Dask cancelled ``future`` (its ``FutureCancelledError``): one of the reasons
+        given to :meth:`cancel`, or :data:`SCHEDULER_LOST`."""
+        try:
+            await future.result()
+        except FutureCancelledError as error:
+            return str(error.reason or error)
+        except Exception as error:  # pragma: no cover - the future was cancelled, not failed
+            return repr(error)
+        return "unknown reason"  # pragma: no cover
+
     async def exception(self, future: distributed.Future[Any]) -> BaseException:
         """Return the remote exception of an erred future, carrying its remote traceback."""
         exc = await future.exception()
@@ -513,8 +377,8 @@ class DaskCore:
         arrived = {f.key for f in futures if f.status in ("finished", "error")}
         ordered = list(futures)
         # The scheduler handles one cancel of n keys in O(n**2) steps: send several small ones.
-        for start in range(0, len(ordered), _CANCEL_CHUNK):
-            chunk = ordered[start : start + _CANCEL_CHUNK]
+        for start in range(0, len(ordered), CANCEL_CHUNK):
+            chunk = ordered[start : start + CANCEL_CHUNK]
             await self.client.cancel(chunk, force=True, reason=reason, msg=reason)
         await self.wait_forgotten(keys, arrived=arrived)
 
@@ -525,76 +389,5 @@ class DaskCore:
         arrived: Collection[Any] = (),
         give_up_after: float = FORGET_TIMEOUT,
     ) -> None:
-        """Wait until the scheduler has forgotten ``keys``.
-
-        Cancelling and releasing keys are one-way messages in Dask, sent on the client's
-        batched stream; the only acknowledgement is to ask the scheduler, over another
-        connection. A key the scheduler does not hold may therefore be one it has not
-        *received yet* (a task cancelled just after its submit). Such a key counts as
-        forgotten once it is absent after the scheduler was seen holding it, or after a
-        *barrier* arrived: a task submitted now on the same ordered stream (one that needs a
-        resource no worker has, so it never runs), which the scheduler receives after every
-        key submitted before. ``arrived`` are keys known to have reached the scheduler (it
-        reported them finished or failed).
-
-        The barrier also arrives after our releases (sent before it, on that stream), and
-        the scheduler forgets a key the moment it handles the last release of it: a key it
-        still holds then, and that this client no longer refers to, is kept for someone
-        else (a published dataset, another client, another client's task that needs it).
-        That is not ours to wait for. Polls with a short, growing interval for
-        ``give_up_after`` seconds (the requests included), then warns with the keys this
-        client still refers to (a future the user kept, say).
-        """
-        remaining = list(keys)
-        if not remaining or self.client.status != "running":
-            return
-        scheduler = self.client.scheduler
-        assert scheduler is not None
-        seen: set[Any] = set(arrived)
-        barrier: distributed.Future[Any] | None = None
-        barrier_passed = False
-        delay = 0.002
-        try:
-            async with asyncio.timeout(give_up_after):
-                while True:
-                    query = remaining if barrier is None else [*remaining, barrier.key]
-                    try:
-                        states = await scheduler.get_task_status(keys=query)
-                    except (OSError, CommClosedError):
-                        logger.debug("scheduler unreachable while releasing keys", exc_info=True)
-                        return
-                    held = {k for k, st in states.items() if st not in (None, "forgotten")}
-                    if barrier is not None and barrier.key in held:
-                        # Everything sent before the barrier has arrived: what is absent
-                        # now is gone, what is held is someone else's (see above). Let the
-                        # barrier go, and see it gone too.
-                        seen.update(remaining)
-                        ours = self.client.refcount
-                        kept = {k for k in remaining if k in held and k not in ours}
-                        if kept:
-                            logger.debug("keys the scheduler keeps for others: %s", kept)
-                            remaining = [k for k in remaining if k not in kept]
-                        barrier.release()
-                        remaining.append(barrier.key)
-                        barrier, barrier_passed = None, True
-                    seen.update(held)
-                    remaining = [k for k in remaining if k in held or k not in seen]
-                    if not remaining:
-                        return
-                    if barrier is None and not barrier_passed:
-                        barrier = self.client.submit(
-                            int, key=f"dask-anyio-barrier-{uuid.uuid4()}", resources=_NEVER
-                        )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.05)
-        except TimeoutError:
-            warnings.warn(
-                f"the scheduler still holds {len(remaining)} released key(s) after "
-                f"{give_up_after:g} s, for example {remaining[0]!r}; another client may want "
-                "them",
-                RuntimeWarning,
-                stacklevel=1,
-            )
-        finally:
-            if barrier is not None:
-                barrier.release()
+        """Wait until the scheduler has forgotten ``keys`` (see :func:`wait_forgotten`)."""
+        await wait_forgotten(self.client, keys, arrived=arrived, give_up_after=give_up_after)

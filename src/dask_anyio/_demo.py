@@ -16,6 +16,8 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from ._executor import DaskExecutor
 
+__all__ = ["demo"]
+
 # Workers of an external cluster may not have dask_anyio installed: send this module's
 # functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -1,20 +1,36 @@
-"""Task handles, their status enum, the executor's statistics record and its exceptions."""
+"""Task handles: :class:`TaskHandle`, thin, over a :class:`TaskState` record that its owner
+(the executor's task table, through the small :class:`TaskOwner` protocol) keeps; the
+:class:`TaskStatus` enum and the :class:`ExecutorStatistics` record.
+
+Never imports the executor: a handle knows its owner only through :class:`TaskOwner`.
+"""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
+from typing import Any, Generic, Protocol, TypeVar, cast, final
 
 import distributed
 from dask.task_spec import TaskRef
 
-if TYPE_CHECKING:
-    from ._executor import DaskExecutor
+from ._errors import CancelReason
 
-__all__ = ["ExecutorStatistics", "SchedulerLost", "TaskCancelled", "TaskHandle", "TaskStatus"]
+__all__ = [
+    "DONE",
+    "SKIP",
+    "ExecutorStatistics",
+    "TaskHandle",
+    "TaskOwner",
+    "TaskState",
+    "TaskStatus",
+    "check_owner",
+    "map_handles",
+    "new_handle",
+    "state_of",
+]
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -34,20 +50,8 @@ class TaskStatus(enum.StrEnum):
     LOST = "lost"
 
 
-class TaskCancelled(Exception):
-    """A task was cancelled, so it has no value.
-
-    Raised by ``await handle`` and :meth:`DaskExecutor.retrieve`. It is an ordinary
-    :class:`Exception`, never the backend's cancellation exception: the *caller* was not
-    cancelled, the remote task was.
-    """
-
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"task {key!r} was cancelled: {reason}")
-        #: The task's key.
-        self.key = key
-        #: Why, as far as known (for example ``"scheduler-connection-lost"``).
-        self.reason = reason
+#: The statuses of a done task.
+DONE = frozenset({TaskStatus.FINISHED, TaskStatus.ERROR, TaskStatus.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +65,6 @@ class ExecutorStatistics:
     submitted: int
     #: Not done yet: queued, waiting for inputs or running.
     pending: int
-    #: Running on a worker, where known. The Dask client is not told when a task starts,
-    #: so this is ``None``; the dashboard shows it.
-    running: int | None
     #: Finished with a value.
     finished: int
     #: Raised an exception.
@@ -74,27 +75,53 @@ class ExecutorStatistics:
     in_flight: int
 
 
-class SchedulerLost(ConnectionError):
-    """The connection to the Dask scheduler was lost.
+class TaskOwner(Protocol):
+    """What a handle asks of the task table that owns it."""
 
-    Raised promptly by every pending ``await handle``, :meth:`DaskExecutor.retrieve`,
-    :meth:`DaskExecutor.run` and the other waiting calls once Dask's client notices the loss;
-    the task's outcome is then unknown: it may have run, or may still run on a worker.
-    Also raised by calls that submit work while Dask's client is reconnecting. It is a
-    :exc:`ConnectionError`, never the backend's cancellation exception.
-    """
+    def cancel(self, handle: TaskHandle[Any], /) -> bool:
+        """:meth:`TaskHandle.cancel`."""
+        ...
 
-    def __init__(self, address: str | None, key: str | None = None) -> None:
-        where = f" at {address}" if address else ""
-        if key is None:
-            what = "; Dask's client is reconnecting or closed"
-        else:
-            what = f" while task {key!r} was pending; its outcome is unknown"
-        super().__init__(f"lost the connection to the Dask scheduler{where}{what}")
-        #: The scheduler's address, if known.
-        self.address = address
-        #: The key of the task whose outcome is unknown, or ``None``.
-        self.key = key
+    def wait(self, handle: TaskHandle[Any], /) -> Awaitable[None]:
+        """``await handle``."""
+        ...
+
+
+@dataclass(eq=False, slots=True)
+class TaskState:
+    """What is known of one task: read by its handle, written by its owner only."""
+
+    owner: TaskOwner
+    future: distributed.Future[Any]
+    #: Called on the front loop once the task is done (see Watcher.watch).
+    watchers: list[Callable[[], object]] = field(default_factory=list)
+    #: Whether the core watches the future for this task.
+    watched: bool = False
+    #: Whether its failure was told to someone (then the exit does not raise it).
+    observed: bool = False
+    #: Why the executor cancelled it, if it did.
+    cancel_reason: CancelReason | None = None
+    #: Its status once its owner let go of it (its key released): it no longer changes.
+    final_status: TaskStatus | None = None
+    #: What ``await handle`` raises once ``final_status`` is set, if anything.
+    failure: Exception | None = None
+    #: Its remote traceback, set again on every raise (a raise adds the raiser's frames).
+    failure_traceback: TracebackType | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.future.key)
+
+    @property
+    def status(self) -> TaskStatus:
+        if self.final_status is not None:
+            return self.final_status
+        if self.cancel_reason is not None:
+            return TaskStatus.CANCELLED
+        return TaskStatus(cast(str, self.future.status))
+
+    def done(self) -> bool:
+        return self.status in DONE
 
 
 @final
@@ -115,38 +142,15 @@ class TaskHandle(TaskRef, Generic[T_co]):
     and it is pickled as a future of its key.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_cancel_reason",
-        "_executor",
-        "_failure",
-        "_failure_traceback",
-        "_final_status",
-        "_future",
-        "_observed",
-        "_registered",
-        "_watchers",
-    )
+    __slots__ = ("__weakref__", "_state")
 
-    def __init__(self, executor: DaskExecutor, future: distributed.Future[Any]) -> None:
-        self._executor = executor
-        self._future = future
-        #: Called on the front loop once the task is done (see DaskExecutor._watch).
-        self._watchers: list[Callable[[], object]] = []
-        #: Whether the core watches the future for this handle.
-        self._registered = False
-        self._observed = False
-        #: Why the executor cancelled it, if it did.
-        self._cancel_reason: str | None = None
-        self._final_status: TaskStatus | None = None
-        self._failure: Exception | None = None
-        #: Its remote traceback, set again on every raise (a raise adds the raiser's frames).
-        self._failure_traceback: TracebackType | None = None
+    def __init__(self, state: TaskState) -> None:
+        self._state = state
 
     @property
     def key(self) -> str:  # type: ignore[override]  # (a TaskRef's is an attribute)
         """The task's key on the scheduler."""
-        return str(self._future.key)
+        return self._state.key
 
     @property
     def future(self) -> distributed.Future[T_co]:
@@ -156,25 +160,21 @@ class TaskHandle(TaskRef, Generic[T_co]):
         handle, not the future. Under trio, call the future's methods that talk to the
         scheduler only through :meth:`DaskExecutor.call_client`, or from a worker thread.
         """
-        future: distributed.Future[T_co] = self._future
+        future: distributed.Future[T_co] = self._state.future
         return future
 
     @property
     def status(self) -> TaskStatus:
         """The task's current :class:`TaskStatus`. Frozen when the executor closes."""
-        if self._final_status is not None:
-            return self._final_status
-        if self._cancel_reason is not None:
-            return TaskStatus.CANCELLED
-        return TaskStatus(cast(str, self._future.status))
+        return self._state.status
 
     def done(self) -> bool:
         """Return whether the task has finished, failed or been cancelled. A plain call."""
-        return self.status in (TaskStatus.FINISHED, TaskStatus.ERROR, TaskStatus.CANCELLED)
+        return self._state.done()
 
     def cancelled(self) -> bool:
         """Return whether the task was cancelled. A plain call."""
-        return self.status is TaskStatus.CANCELLED
+        return self._state.status is TaskStatus.CANCELLED
 
     def cancel(self) -> bool:
         """Cancel the task on the cluster, and any task that depends on it.
@@ -184,7 +184,7 @@ class TaskHandle(TaskRef, Generic[T_co]):
 
         :return: ``True`` if the task is now cancelled, ``False`` if it was already done.
         """
-        return self._executor._cancel_handle(self)
+        return self._state.owner.cancel(self)
 
     # One handle is one object, whatever Dask's task references say of equal keys.
     def __eq__(self, other: object) -> bool:
@@ -195,7 +195,7 @@ class TaskHandle(TaskRef, Generic[T_co]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # As a Future pickles: by its key (a worker's client binds it there).
-        return distributed.Future, (self._future.key,)
+        return distributed.Future, (self._state.future.key,)
 
     def __copy__(self) -> TaskHandle[T_co]:  # one task, one handle (pickling gives a Future)
         return self
@@ -204,7 +204,53 @@ class TaskHandle(TaskRef, Generic[T_co]):
         return self
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self._executor._wait(self).__await__()
+        return self._state.owner.wait(self).__await__()
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.key!r} {self.status.value}>"
+
+
+def new_handle(owner: TaskOwner, future: distributed.Future[Any]) -> TaskHandle[Any]:
+    """A handle of ``future``'s task, owned by ``owner``."""
+    return TaskHandle(TaskState(owner, future))
+
+
+def state_of(handle: TaskHandle[Any]) -> TaskState:
+    """The record behind ``handle``, for its owner."""
+    return handle._state
+
+
+def check_owner(handle: object, owner: object) -> TaskState:
+    """The record behind ``handle`` if ``owner`` owns it.
+
+    :raises TypeError: if ``handle`` is not a handle.
+    :raises ValueError: if another executor owns it.
+    """
+    if not isinstance(handle, TaskHandle):
+        raise TypeError(f"expected a TaskHandle, not {handle!r}")
+    state = handle._state
+    if state.owner is not owner:
+        raise ValueError(f"{handle!r} belongs to another DaskExecutor")
+    return state
+
+
+_SCALARS = (str, bytes, int, float, complex, bool, type(None))
+#: Returned by the function given to :func:`map_handles`: leave the item out.
+SKIP: Any = object()
+
+
+def map_handles(obj: Any, fn: Callable[[TaskHandle[Any]], Any]) -> Any:
+    """``obj`` with each handle ``h`` in it (in lists, tuples, sets, dicts, nested) replaced
+    by ``fn(h)``; a :data:`SKIP` result leaves the item out."""
+    if isinstance(obj, _SCALARS):
+        return obj
+    if isinstance(obj, TaskHandle):
+        return fn(obj)
+    kind = type(obj)
+    if kind in (list, tuple, set, frozenset):
+        mapped = (map_handles(x, fn) for x in obj)
+        return kind(x for x in mapped if x is not SKIP)
+    if kind is dict:
+        pairs = ((k, map_handles(v, fn)) for k, v in obj.items())
+        return {k: v for k, v in pairs if v is not SKIP}
+    return obj

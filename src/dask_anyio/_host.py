@@ -49,9 +49,15 @@ class Host:
     """Holds a scope (``async with`` a context manager) in a background task, from
     :meth:`open` to :meth:`close`, which any task of the same event loop may call."""
 
-    def __init__(self, scope: AbstractAsyncContextManager[Any], name: str) -> None:
+    def __init__(
+        self,
+        scope: AbstractAsyncContextManager[Any],
+        name: str,
+        on_run_end: Callable[[], object] = lambda: None,
+    ) -> None:
         self._scope = scope
         self._name = name
+        self._on_run_end = on_run_end
         self._opened = anyio.Event()
         self._close = anyio.Event()
         self._done = anyio.Event()
@@ -100,6 +106,7 @@ class Host:
                     await self._close.wait()
         except anyio.get_cancelled_exc_class():  # not ours (those stop at self._cancel)
             self.ended_with_run = True  # the run ends: the scope was left, cancelled
+            self._on_run_end()
         except BaseException as error:  # for open() or close() to raise, not trio's run
             self._error = error
         finally:

@@ -35,6 +35,8 @@ from distributed.core import Status
 
 from . import _child
 
+__all__ = ["CancelledOnWorker", "checkpoint", "kill_on_cancel", "run_coroutine"]
+
 P = ParamSpec("P")
 T = TypeVar("T")
 

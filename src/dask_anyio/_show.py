@@ -6,13 +6,34 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dask.utils import format_bytes
 
+from ._gate import Phase
 from ._handle import ExecutorStatistics
 
-__all__ = ["executor_html", "executor_repr"]
+if TYPE_CHECKING:
+    from ._scope import ExecutorScope
+
+__all__ = ["executor_html", "executor_repr", "shown"]
+
+Shown = tuple[str, str | None, str | None, Mapping[str, Any], ExecutorStatistics | None]
+
+
+def shown(scope: ExecutorScope, stats: ExecutorStatistics | None) -> Shown:
+    """What the reprs show: plain reads, no request (the workers as the client last heard
+    of them)."""
+    scheduler = dashboard = None
+    identity: Mapping[str, Any] = {}
+    if scope.gate.phase in (Phase.OPEN, Phase.CLOSING):
+        core = scope.core
+        scheduler, dashboard, identity = (
+            core.scheduler_address,
+            core.dashboard_link,
+            core.scheduler_identity,
+        )
+    return scope.gate.phase.value, scheduler, dashboard, identity, stats
 
 
 def _counts(stats: ExecutorStatistics | None) -> str:
@@ -24,7 +45,13 @@ def _counts(stats: ExecutorStatistics | None) -> str:
     )
 
 
-def executor_repr(state: str, scheduler: str | None, stats: ExecutorStatistics | None) -> str:
+def executor_repr(
+    state: str,
+    scheduler: str | None,
+    dashboard: str | None,
+    identity: Mapping[str, Any],
+    stats: ExecutorStatistics | None,
+) -> str:
     where = f" on {scheduler}" if scheduler else ""
     return f"<DaskExecutor {state}{where}: {_counts(stats)}>"
 

@@ -1,7 +1,8 @@
-"""Iterating over tasks as they finish: :class:`AsCompleted` and :class:`ResultStream`.
+"""Streaming results with backpressure: :class:`ResultStream`, the stream of ``imap()``.
 
-Both run on the caller's event loop and learn that a task is done through
-:meth:`DaskExecutor._watch`, so they inherit its one thread crossing.
+It runs on the caller's event loop and learns that a task is done through the executor's
+:class:`~dask_anyio._watch.Watcher`, so it inherits its one thread crossing. It works with
+the executor's parts (its gate, task table, watcher and fetcher), never with the executor.
 """
 
 from __future__ import annotations
@@ -19,114 +20,27 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 
-from ._handle import TaskCancelled, TaskHandle, TaskStatus
+from ._errors import CancelReason
+from ._handle import TaskHandle, TaskStatus, state_of
+from ._parts import Parts
+from ._signal import Signal
 
-if TYPE_CHECKING:
-    from ._executor import DaskExecutor
-
-__all__ = ["AsCompleted", "ResultStream"]
+__all__ = ["ResultStream", "StreamState"]
 
 T = TypeVar("T")
 Y_co = TypeVar("Y_co", covariant=True)
 
-_REASON_STREAM = "the result stream was closed"
 #: The most values fetched in one request.
 _FETCH_BATCH = 1000
 
 
-class AsCompleted(Generic[Y_co]):
-    """An async iterator over tasks in the order they finish.
-
-    Returned by :meth:`DaskExecutor.as_completed`; not created directly. Every handle added is
-    yielded exactly once (twice if added twice), whether it finished, failed or was
-    cancelled; the iteration ends when every handle added so far has been yielded. Handles
-    may be added while iterating, with :meth:`add` or :meth:`update`.
-
-    Iterating is a checkpoint. Cancelling it loses nothing: a handle being yielded when
-    the caller was cancelled is yielded by the next iteration.
-    """
-
-    def __init__(
-        self,
-        executor: DaskExecutor,
-        handles: Iterable[TaskHandle[Any]],
-        *,
-        with_results: bool,
-        raise_errors: bool,
-    ) -> None:
-        self._executor = executor
-        self._with_results = with_results
-        self._raise_errors = raise_errors
-        self._ready: deque[TaskHandle[Any]] = deque()
-        self._waiting: dict[int, tuple[TaskHandle[Any], Callable[[], None]]] = {}
-        self._tokens = itertools.count()
-        self._wakeup: anyio.Event | None = None
-        self.update(handles)
-
-    def add(self, handle: TaskHandle[Any]) -> None:
-        """Add a handle to yield once it is done. A plain call."""
-        self._executor._check_handle(handle)
-        self._executor._check_loop()
-        token = next(self._tokens)
-        callback = functools.partial(self._on_done, token)
-        self._waiting[token] = (handle, callback)
-        self._executor._watch(handle, callback)
-
-    def update(self, handles: Iterable[TaskHandle[Any]]) -> None:
-        """Add several handles. A plain call."""
-        for handle in handles:
-            self.add(handle)
-
-    def __len__(self) -> int:
-        """How many handles are still to be yielded."""
-        return len(self._ready) + len(self._waiting)
-
-    def __repr__(self) -> str:
-        return f"<AsCompleted {len(self._ready)} done, {len(self._waiting)} pending>"
-
-    def _on_done(self, token: int) -> None:
-        handle, _ = self._waiting.pop(token)
-        self._ready.append(handle)
-        if self._wakeup is not None:  # wake every waiting iteration; the next waits anew
-            self._wakeup.set()
-            self._wakeup = None
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Y_co:
-        self._executor._check_loop()
-        await anyio.lowlevel.checkpoint()
-        while not self._ready:
-            if not self._waiting:
-                raise StopAsyncIteration
-            if self._wakeup is None:
-                self._wakeup = anyio.Event()
-            await self._wakeup.wait()
-        handle = self._ready.popleft()
-        if not self._with_results:
-            item: Any = handle
-            return item  # type: ignore[no-any-return]
-        try:
-            value: Any = await self._executor.retrieve(handle)
-        except TaskCancelled as cancelled:  # an outcome, as Dask yields its CancelledError
-            return (handle, cancelled)  # type: ignore[return-value]
-        except Exception as failure:
-            if self._raise_errors:
-                raise
-            return (handle, failure)  # type: ignore[return-value]
-        except BaseException:  # cancelled: yield this one next time
-            self._ready.appendleft(handle)
-            raise
-        return (handle, value)  # type: ignore[return-value]
-
-
-class _Stream:
+class StreamState:
     """The state behind a :class:`ResultStream`, shared with its feeder task.
 
     Separate from the object users hold, so that dropping that object (leaving an
@@ -135,13 +49,13 @@ class _Stream:
 
     def __init__(
         self,
-        executor: DaskExecutor,
+        parts: Parts,
         submit: Callable[[list[Any], int], list[TaskHandle[Any]]],
         source: Iterable[Any] | AsyncIterable[Any],
         max_in_flight: int,
         ordered: bool,
     ) -> None:
-        self.executor = executor
+        self.parts = parts
         self.submit = submit
         self.source = source
         #: Slots free: tasks that may be submitted now, the tasks that had them having been
@@ -168,13 +82,13 @@ class _Stream:
         self.feeder_done: anyio.Event = anyio.Event()
         self.close_done: anyio.Event = anyio.Event()
         self.feeder_scope: anyio.CancelScope = anyio.CancelScope()
-        self.space: anyio.Event = anyio.Event()
-        self.wakeup: anyio.Event | None = None
+        #: Set when a slot frees up, and when something happens that the reader awaits.
+        self.space: Signal = Signal()
+        self.news: Signal = Signal()
 
     def wake(self) -> None:
-        """Wake the reader waiting in :meth:`wait_next`, if any."""
-        if self.wakeup is not None:
-            self.wakeup.set()
+        """Wake the reader waiting in :meth:`fetch`, if any."""
+        self.news.set()
 
     def on_done(self, handle: TaskHandle[Any]) -> None:
         """On the front loop: ``handle`` is done; queue it (if unordered) and wake the reader."""
@@ -186,8 +100,8 @@ class _Stream:
     def start(self) -> None:
         """Start the feeder task in the executor's task group (on the first iteration)."""
         self.started = True
-        self.executor._streams.add(self)
-        self.executor._tg.start_soon(self.feed)
+        self.parts.gate.closers.add(self.aclose)
+        self.parts.tg.start_soon(self.feed)
 
     async def feed(self) -> None:
         """Pull items from the source and submit them, at most ``max_in_flight`` at a time."""
@@ -236,7 +150,6 @@ class _Stream:
                 await self.release_consumed()
             if self.free >= slots:
                 return
-            self.space = anyio.Event()
             await self.space.wait()
 
     def submit_batch(self, items: list[Any]) -> None:
@@ -255,18 +168,13 @@ class _Stream:
         for handle in handles:
             self.free -= 1
             self.in_flight[handle.key] = handle
-            self.executor._watch(handle, functools.partial(self.on_done, handle))
+            self.parts.watcher.watch(handle, functools.partial(self.on_done, handle))
         self.wake()
 
     async def release_consumed(self) -> None:
         """Release yielded tasks; the scheduler forgets them before the next submission."""
         consumed, self.consumed = self.consumed, []
-        executor = self.executor
-        for handle in consumed:  # released here and now, whatever happens to this task
-            executor._forget_handle(handle)
-        keys = [h._future.key for h in consumed]
-        executor._confirm_released(*keys)
-        await executor._runner.run(executor._core.wait_released, keys)
+        await self.parts.table.release_and_send(consumed)
         self.free += len(consumed)
 
     def queue(self) -> Iterator[TaskHandle[Any]]:
@@ -278,20 +186,20 @@ class _Stream:
         del self.in_flight[handle.key]
         if not self.ordered:
             self.ready.popleft()
-        handle._observed = True
+        state_of(handle).observed = True
         self.consumed.append(handle)
         self.space.set()
 
     async def next(self) -> Any:
         """The next result, for :meth:`ResultStream.__anext__`; closes the stream at the end
         or on an error."""
-        self.executor._check_loop()
+        self.parts.gate.check_loop()
         if self.closed:
             raise StopAsyncIteration
         if self.reading:
             raise anyio.BusyResourceError("iterating")
         if not self.started:
-            self.executor._check_open()
+            self.parts.gate.check_open()
             self.start()
         self.reading = True
         try:
@@ -326,8 +234,7 @@ class _Stream:
         while (first := next(self.queue(), None)) is None or not first.done():
             if self.closed or (self.fed_all and not self.in_flight):
                 return
-            self.wakeup = anyio.Event()
-            await self.wakeup.wait()
+            await self.news.wait()
         batch = list(
             itertools.islice(
                 itertools.takewhile(lambda h: h.status is TaskStatus.FINISHED, self.queue()),
@@ -335,12 +242,13 @@ class _Stream:
             )
         )
         if not batch:  # the first one failed or was cancelled: raise that
-            value = await self.executor.retrieve(first)
+            value, failure = await self.parts.fetcher.retrieve(first)
+            if failure is not None:
+                raise failure
             if not self.closed:
                 self.fetched.append((first, value))
             return
-        executor = self.executor
-        values = await executor._runner.run(executor._core.gather, [h._future for h in batch])
+        values = await self.parts.fetcher.fetch(batch)
         if not self.closed:
             self.fetched.extend(zip(batch, values, strict=True))
 
@@ -356,24 +264,23 @@ class _Stream:
         with anyio.CancelScope(shield=True):
             if self.started:
                 await self.feeder_done.wait()
-            executor = self.executor
-            executor._streams.discard(self)
+            self.parts.gate.closers.discard(self.aclose)
             leftover = [*self.consumed, *self.in_flight.values()]
             self.consumed.clear()
             self.in_flight.clear()
             self.ready.clear()
             self.fetched.clear()
             for handle in leftover:
-                handle._observed = True  # the stream stopped caring about them
+                state_of(handle).observed = True  # the stream stopped caring about them
             try:
-                await executor._forget_handles(leftover, _REASON_STREAM)
+                await self.parts.table.abandon(leftover, CancelReason.STREAM)
             finally:
                 self.close_done.set()
 
     def close_soon(self) -> None:
         """On the front loop: close in the background (the user dropped the stream)."""
-        if not self.closed and self.started and self.executor._accepts_background():
-            self.executor._tg.start_soon(self.aclose)
+        if not self.closed and self.started and self.parts.gate.accepts_background:
+            self.parts.tg.start_soon(self.aclose)
 
 
 def _closed_elsewhere() -> anyio.ClosedResourceError:
@@ -420,7 +327,7 @@ class ResultStream(Generic[T]):
     :exc:`anyio.ClosedResourceError`. Iterating a closed stream ends at once.
     """
 
-    def __init__(self, stream: _Stream) -> None:
+    def __init__(self, stream: StreamState) -> None:
         self._stream = stream
 
     def __repr__(self) -> str:
@@ -459,4 +366,4 @@ class ResultStream(Generic[T]):
         stream = self._stream
         if not stream.closed and stream.started:
             # Maybe on another thread (the garbage collector's): cross over, as always.
-            stream.executor._runner.front.run_sync_soon(stream.close_soon)
+            stream.parts.front.run_sync_soon(stream.close_soon)

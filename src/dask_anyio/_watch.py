@@ -1,0 +1,165 @@
+"""Learning that tasks are done, and what they ended with: :class:`Watcher`.
+
+One watch on the core loop per task serves every watcher on the front loop (waiters,
+``as_completed``, ``imap``, ``gather``); completions come back in batches, one thread crossing
+per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from ._bridge import CoreRunner
+from ._core import SCHEDULER_LOST, DaskCore, logger
+from ._errors import SchedulerLost, TaskCancelled
+from ._gate import Gate, Phase
+from ._handle import TaskHandle, TaskStatus, state_of
+
+__all__ = ["Watcher"]
+
+#: How often to look at a task whose value was lost with a worker (rare).
+_LOST_RECHECK = 0.1
+
+
+class Watcher:
+    """Watches tasks for the front loop, and tells what a done task ended with."""
+
+    def __init__(
+        self, runner: CoreRunner, core: DaskCore, gate: Gate, tg: anyio.abc.TaskGroup
+    ) -> None:
+        self._runner = runner
+        self._core = core
+        self._gate = gate
+        self._tg = tg
+
+    def watch(self, handle: TaskHandle[Any], callback: Callable[[], object]) -> None:
+        """Call ``callback()`` on the front loop once ``handle`` is done: at once if it is.
+
+        :raises RuntimeError: if the core's event loop has ended.
+        """
+        state = state_of(handle)
+        if state.done():
+            callback()
+            return
+        state.watchers.append(callback)
+        if not state.watched:
+            self._start_watching(handle)
+
+    @staticmethod
+    def unwatch(handle: TaskHandle[Any], callback: Callable[[], object]) -> None:
+        """Forget ``callback``, if it was not called yet."""
+        watchers = state_of(handle).watchers
+        if callback in watchers:
+            watchers.remove(callback)
+
+    @staticmethod
+    def notify(handle: TaskHandle[Any]) -> None:
+        """Call ``handle``'s watchers now (it is done, or cancelled by us)."""
+        state = state_of(handle)
+        watchers, state.watchers = state.watchers, []
+        for callback in watchers:
+            callback()
+
+    def _start_watching(self, handle: TaskHandle[Any]) -> None:
+        state = state_of(handle)
+        state.watched = True
+        watch = self._core.watch
+        if not self._runner.core.run_sync_soon(watch, state.future, handle, self._deliver):
+            state.watched = False  # (a wait for it would never be woken)
+            raise RuntimeError("the executor's Dask client has stopped: its event loop ended")
+
+    def _deliver(self, handles: list[TaskHandle[Any]]) -> None:
+        # On the core loop: hand over to the caller's loop, touch nothing here.
+        self._runner.front.run_sync_soon(self._settle_all, handles)
+
+    def _settle_all(self, handles: list[TaskHandle[Any]]) -> None:
+        for handle in handles:
+            try:
+                self._settle(handle)
+            except Exception:  # a bug: log it, and still settle the rest of the batch
+                logger.exception("could not settle %r", handle)
+
+    def _settle(self, handle: TaskHandle[Any]) -> None:
+        """On the front loop, once the core's watch of ``handle`` ended: tell the watchers
+        if it is done, else watch again."""
+        state = state_of(handle)
+        state.watched = False
+        if state.done():
+            self.notify(handle)
+        elif state.watchers:
+            if state.status is TaskStatus.LOST and self._gate.phase is not Phase.CLOSED:
+                # The watch ends at once for a task lost with a worker: look
+                # again after a pause, until Dask has recomputed it.
+                self._tg.start_soon(self._look_again, handle)
+            else:
+                self._start_watching(handle)
+
+    async def _look_again(self, handle: TaskHandle[Any]) -> None:
+        await anyio.sleep(_LOST_RECHECK)
+        if not state_of(handle).watched:
+            self._settle(handle)
+
+    async def wait_done(self, handle: TaskHandle[Any]) -> None:
+        """Wait until ``handle`` is done. Checkpoint; cancelling it only stops the waiting."""
+        await anyio.lowlevel.checkpoint()
+        if handle.done():
+            return
+        event = anyio.Event()
+        self.watch(handle, event.set)
+        try:
+            await event.wait()
+        finally:
+            self.unwatch(handle, event.set)
+
+    async def outcome(self, handle: TaskHandle[Any]) -> Exception | None:
+        """Wait until ``handle`` is done; return what ``await handle`` raises (then observed:
+        the caller raises it), or ``None``."""
+        await self.wait_done(handle)
+        failure = await self.failure_of(handle)
+        if failure is not None:
+            state_of(handle).observed = True
+        return failure
+
+    async def failure_of(self, handle: TaskHandle[Any]) -> Exception | None:
+        """What ``await handle`` raises for a done task: its remote exception or
+        :exc:`TaskCancelled`; ``None`` if it finished (or is not done)."""
+        state = state_of(handle)
+        if state.final_status is not None:
+            if state.failure is None:
+                return None
+            return state.failure.with_traceback(state.failure_traceback)
+        status = state.status
+        if state.cancel_reason is not None:
+            return TaskCancelled(state.key, state.cancel_reason)
+        if status is TaskStatus.ERROR:
+            error = await self._runner.run(self._core.exception, state.future)
+            if isinstance(error, Exception):
+                return error
+            # A BaseException from the worker (an async task's CancelledError, say) must not
+            # pass for one of ours: it would look like a local cancellation or exit.
+            if isinstance(error, asyncio.CancelledError):
+                failure: Exception = TaskCancelled(state.key, "it raised CancelledError")
+            else:
+                failure = RuntimeError(f"task {state.key!r} raised {error!r}")
+            failure.__cause__ = error
+            return failure
+        if status is TaskStatus.CANCELLED:
+            reason = await self._runner.run(self._core.cancel_reason, state.future)
+            if reason == SCHEDULER_LOST:
+                return SchedulerLost(self._core.scheduler_address, state.key)
+            return TaskCancelled(state.key, reason)
+        return None
+
+    async def freeze(self, handle: TaskHandle[Any]) -> None:
+        """Keep what ``await handle`` reports once the key is released (releasing marks it
+        cancelled in Dask's client)."""
+        state = state_of(handle)
+        failure = state.failure = await self.failure_of(handle)
+        state.failure_traceback = None if failure is None else failure.__traceback__
+        state.final_status = state.status
