@@ -94,11 +94,11 @@ class ExecutorLifetime:
     # -- introspection ---------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        return executor_repr(*shown(self._scope, self._statistics_here()))
+        return executor_repr(shown(self._scope, self._statistics_here()))
 
     def _repr_html_(self) -> str:
         """What Jupyter shows: scheduler, dashboard link, workers, tasks."""
-        return executor_html(*shown(self._scope, self._statistics_here()))
+        return executor_html(shown(self._scope, self._statistics_here()))
 
     def _statistics_here(self) -> ExecutorStatistics | None:
         """The counts, if this is the executor's own loop (where they are kept)."""

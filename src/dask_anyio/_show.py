@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dask.utils import format_bytes
 
@@ -16,24 +16,32 @@ from ._handle import ExecutorStatistics
 if TYPE_CHECKING:
     from ._scope import ExecutorScope
 
-__all__ = ["executor_html", "executor_repr", "shown"]
+__all__ = ["Shown", "executor_html", "executor_repr", "shown"]
 
-Shown = tuple[str, str | None, str | None, Mapping[str, Any], ExecutorStatistics | None]
+
+class Shown(NamedTuple):
+    """What the reprs show: plain reads, no request (the workers as the client last heard
+    of them)."""
+
+    state: str
+    scheduler: str | None
+    dashboard: str | None
+    identity: Mapping[str, Any]
+    stats: ExecutorStatistics | None
 
 
 def shown(scope: ExecutorScope, stats: ExecutorStatistics | None) -> Shown:
-    """What the reprs show: plain reads, no request (the workers as the client last heard
-    of them)."""
-    scheduler = dashboard = None
-    identity: Mapping[str, Any] = {}
-    if scope.gate.phase in (Phase.OPEN, Phase.CLOSING):
-        core = scope.core
-        scheduler, dashboard, identity = (
-            core.scheduler_address,
-            core.dashboard_link,
-            core.scheduler_identity,
-        )
-    return scope.gate.phase.value, scheduler, dashboard, identity, stats
+    """What ``scope``'s executor shows, with its counts ``stats`` if known here."""
+    if scope.gate.phase not in (Phase.OPEN, Phase.CLOSING):
+        return Shown(scope.gate.phase.value, None, None, {}, stats)
+    core = scope.core
+    return Shown(
+        scope.gate.phase.value,
+        core.scheduler_address,
+        core.dashboard_link,
+        core.scheduler_identity,
+        stats,
+    )
 
 
 def _counts(stats: ExecutorStatistics | None) -> str:
@@ -45,25 +53,14 @@ def _counts(stats: ExecutorStatistics | None) -> str:
     )
 
 
-def executor_repr(
-    state: str,
-    scheduler: str | None,
-    dashboard: str | None,
-    identity: Mapping[str, Any],
-    stats: ExecutorStatistics | None,
-) -> str:
-    where = f" on {scheduler}" if scheduler else ""
-    return f"<DaskExecutor {state}{where}: {_counts(stats)}>"
+def executor_repr(shown: Shown) -> str:
+    where = f" on {shown.scheduler}" if shown.scheduler else ""
+    return f"<DaskExecutor {shown.state}{where}: {_counts(shown.stats)}>"
 
 
-def executor_html(
-    state: str,
-    scheduler: str | None,
-    dashboard: str | None,
-    identity: Mapping[str, Any],
-    stats: ExecutorStatistics | None,
-) -> str:
+def executor_html(shown: Shown) -> str:
     """A table: state, scheduler, dashboard link, workers (as the client last heard), tasks."""
+    state, scheduler, dashboard, identity, stats = shown
     rows: list[tuple[str, str]] = [("State", html.escape(state))]
     if scheduler:
         rows.append(("Scheduler", f"<code>{html.escape(scheduler)}</code>"))
