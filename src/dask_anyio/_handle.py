@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, cast, final
 
@@ -93,8 +93,9 @@ class TaskState:
 
     owner: TaskOwner
     future: distributed.Future[Any]
-    #: Called on the front loop once the task is done (see Watcher.watch).
-    watchers: list[Callable[[], object]] = field(default_factory=list)
+    #: Called on the front loop once the task is done (see Watcher.watch). A tuple: most
+    #: tasks never have a watcher, and the empty tuple costs no memory of its own.
+    watchers: tuple[Callable[[], object], ...] = ()
     #: Whether the core watches the future for this task.
     watched: bool = False
     #: Whether its failure was told to someone (then the exit does not raise it).

@@ -47,22 +47,23 @@ class Watcher:
         if state.done():
             callback()
             return
-        state.watchers.append(callback)
+        state.watchers = (*state.watchers, callback)
         if not state.watched:
             self._start_watching(handle)
 
     @staticmethod
     def unwatch(handle: TaskHandle[Any], callback: Callable[[], object]) -> None:
         """Forget ``callback``, if it was not called yet."""
-        watchers = state_of(handle).watchers
-        if callback in watchers:
-            watchers.remove(callback)
+        state = state_of(handle)
+        if callback in state.watchers:
+            at = state.watchers.index(callback)
+            state.watchers = state.watchers[:at] + state.watchers[at + 1 :]
 
     @staticmethod
     def notify(handle: TaskHandle[Any]) -> None:
         """Call ``handle``'s watchers now (it is done, or cancelled by us)."""
         state = state_of(handle)
-        watchers, state.watchers = state.watchers, []
+        watchers, state.watchers = state.watchers, ()
         for callback in watchers:
             callback()
 
