@@ -54,7 +54,8 @@ def test_the_fake_core_offers_what_dask_core_offers() -> None:
 # -- every fate of every task, every exit ------------------------------------------------
 
 FATES = ["finish", "fail", "cancel", "pending"]
-EXITS = ["normal", "error", "cancelled"]
+#: "lost": the scheduler is lost before a normal exit (Dask cancels what is pending).
+EXITS = ["normal", "error", "cancelled", "lost"]
 
 
 async def _one_case(fates: tuple[str, ...], observed: tuple[bool, ...], exit: str) -> None:
@@ -86,6 +87,8 @@ async def _one_case(fates: tuple[str, ...], observed: tuple[bool, ...], exit: st
                         elif seen and fate != "pending":
                             with pytest.raises((Boom, TaskCancelled)):
                                 await handle
+                    if exit == "lost":
+                        core.lose_scheduler()
                     if exit == "error":
                         raise KeyError("body")  # noqa: TRY301
                     if exit == "cancelled":
@@ -109,10 +112,17 @@ async def _one_case(fates: tuple[str, ...], observed: tuple[bool, ...], exit: st
         for h, fate, seen in zip(handles, fates, observed, strict=True)
         if fate == "fail" and not seen
     ]
-    if exit == "normal":
-        if expected_failures:
+    lost = fates.count("pending") if exit == "lost" else 0
+    if exit in ("normal", "lost"):
+        if expected_failures or lost:
             assert isinstance(raised, ExceptionGroup), raised
-            assert sorted(str(e) for e in raised.exceptions) == sorted(expected_failures)
+            booms = [e for e in raised.exceptions if isinstance(e, Boom)]
+            assert sorted(str(e) for e in booms) == sorted(expected_failures)
+            losses = [e for e in raised.exceptions if isinstance(e, SchedulerLost)]
+            assert len(raised.exceptions) == len(booms) + len(losses)
+            assert len(losses) == min(lost, 1)  # told once, however many were pending
+            if lost > 1:
+                assert f"{lost} tasks nobody awaited" in "".join(losses[0].__notes__)
         else:
             assert raised is None, raised
     elif exit == "error":
@@ -122,7 +132,7 @@ async def _one_case(fates: tuple[str, ...], observed: tuple[bool, ...], exit: st
             assert key in notes
     else:
         assert raised is None, raised  # the scope caught its own cancellation
-    if exit != "normal":  # the pending tasks were cancelled, for the exit's reason
+    if exit in ("error", "cancelled"):  # the pending tasks were cancelled, for the exit's reason
         pending = {h.key for h, fate in zip(handles, fates, strict=True) if fate == "pending"}
         exit_cancels = {k for keys, why in core.cancels if why == CancelReason.EXIT for k in keys}
         assert exit_cancels == pending
@@ -140,16 +150,18 @@ async def _one_case(fates: tuple[str, ...], observed: tuple[bool, ...], exit: st
 
 async def test_every_fate_and_exit() -> None:
     """Three tasks, each finished, failed, cancelled or still pending at exit, awaited or
-    not, in every order, for each kind of exit: the exit raises exactly the
-    unobserved failures (or notes them on the body's error), cancels what was pending on
-    an error exit, counts every task, and leaves no key, future or watch behind."""
+    not, in every order, for each kind of exit (normal, error, cancelled, after losing the
+    scheduler): the exit raises exactly the unobserved failures (or notes them on the
+    body's error; tasks pending when the scheduler was lost as one SchedulerLost), cancels
+    what was pending on an error exit, counts every task, and leaves no key, future or
+    watch behind."""
     cases = 0
     for fates in itertools.product(FATES, repeat=3):  # (every order of the fates, too)
         for observed in itertools.product([False, True], repeat=3):
             for exit in EXITS:
                 await _one_case(fates, observed, exit)
                 cases += 1
-    assert cases == 4**3 * 2**3 * 3
+    assert cases == 4**3 * 2**3 * 4
 
 
 # -- batches: one request for what happens together ---------------------------------------
