@@ -27,6 +27,17 @@ async def test_normal_exit_waits_for_outstanding_handles(external_cluster: Exter
     assert external_cluster.scheduler_keys() == set()
 
 
+async def test_exit_is_a_checkpoint_with_nothing_outstanding(
+    external_cluster: ExternalCluster,
+) -> None:
+    """The exit is a checkpoint, as a nursery's: a cancelled scope is caught there even if
+    no task is outstanding (and the body has no checkpoint of its own)."""
+    with anyio.CancelScope() as scope:
+        async with DaskExecutor(external_cluster.address):
+            scope.cancel()
+    assert scope.cancelled_caught
+
+
 async def test_error_exit_cancels_outstanding_tasks(external_cluster: ExternalCluster) -> None:
     """An exception in the body cancels outstanding tasks on the cluster, then propagates."""
     gate = f"gate-{uuid.uuid4()}"

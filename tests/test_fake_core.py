@@ -309,3 +309,13 @@ async def test_leaving_an_imap_early_cancels_what_is_in_flight() -> None:
         cancelled = {k for keys, why in core.cancels if why == CancelReason.STREAM for k in keys}
         assert cancelled == in_flight
     core.check_clean()
+
+
+async def test_the_exit_is_a_checkpoint_with_nothing_outstanding() -> None:
+    """As a nursery's: a scope cancelled in the body is caught at the executor's exit."""
+    core = FakeCore()
+    with anyio.CancelScope() as scope:
+        async with core.executor():
+            scope.cancel()
+    assert scope.cancelled_caught
+    core.check_clean()

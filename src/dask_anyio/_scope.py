@@ -216,6 +216,7 @@ class ExecutorScope:
         """A normal exit: wait for every handle, and for every call under way (run(),
         compute(), retrieve(), gather() of another task): each gets its value."""
         tasks, gate = self.table, self.gate
+        await anyio.lowlevel.checkpoint()  # also with nothing to wait for, as trio's exits
         while True:
             for handle in list(tasks.handles.values()):
                 await self.parts.watcher.wait_done(handle)
