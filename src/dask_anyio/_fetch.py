@@ -54,11 +54,7 @@ class Fetcher:
         try:
             return await self._runner.run(self._core.result, state_of(handle).future), None
         except FutureCancelledError:  # released or cancelled while its value was on the way
-            failure = await self._watcher.failure_of(handle)
-            if failure is None:
-                failure = TaskCancelled(handle.key, "its key was released before its value came")
-            failure.__suppress_context__ = True
-            return None, failure
+            return None, await self._lost_on_the_way([handle])
 
     async def fetch(self, handles: list[TaskHandle[Any]]) -> list[Any]:
         """The values of finished tasks, in one request per worker (Dask's errors raised)."""
@@ -70,16 +66,19 @@ class Fetcher:
         try:
             return await self.fetch(handles), None
         except FutureCancelledError:
-            for handle in handles:
-                failure = await self._watcher.failure_of(handle)
-                if failure is not None:
-                    break
-            else:
-                failure = TaskCancelled(
-                    handles[0].key, "its key was released before its value came"
-                )
-            failure.__suppress_context__ = True
-            return [], failure
+            return [], await self._lost_on_the_way(handles)
+
+    async def _lost_on_the_way(self, handles: list[TaskHandle[Any]]) -> Exception:
+        """What a transfer that Dask's client cancelled gives: the first of ``handles`` to
+        have failed or been cancelled tells why, else its key was released meanwhile."""
+        for handle in handles:
+            failure = await self._watcher.failure_of(handle)
+            if failure is not None:
+                break
+        else:
+            failure = TaskCancelled(handles[0].key, "its key was released before its value came")
+        failure.__suppress_context__ = True
+        return failure
 
     async def gather(
         self, structure: Any, errors: Literal["raise", "skip"]
