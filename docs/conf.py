@@ -26,6 +26,6 @@ autodoc_typehints = "description"
 # internal records that handles and iterators are made over (users never make those).
 nitpick_ignore_regex = [
     (r"py:.*", r"(asyncio|collections\.abc|typing|types|os|distributed|anyio|trio|dask)\..*"),
-    (r"py:.*", r"(Cluster|ExceptionGroup|StreamState|TaskState|Parts)"),
+    (r"py:.*", r"(Cluster|ExceptionGroup|StreamState|TaskState|Parts|ExecutorScope)"),
     (r"py:.*", r"(~?P|.*\.(T|T_co|K|C|Y)|typing\.~P)"),
 ]

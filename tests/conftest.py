@@ -81,6 +81,15 @@ class ExternalCluster:
             while not any(k.startswith(prefix) for k in self.scheduler_keys()):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
 
+    async def wait_acquire_pending(self, name: str, pending: bool = True) -> None:
+        """Wait until an acquire request of the semaphore ``name`` waits on the scheduler
+        (``pending=False``: until none does)."""
+        import anyio
+
+        with anyio.fail_after(10):
+            while bool(self.observer.run_on_scheduler(_pending_acquires, name=name)) != pending:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+
     def cancel_requests(self, client_id: str) -> list[int]:
         """How many keys each cancel request of the client ``client_id`` named, in order (the
         scheduler logs an event per request)."""
@@ -105,6 +114,11 @@ def _open_two_connections(observer: distributed.Client) -> None:
 
 def _scheduler_keys(dask_scheduler: Any) -> list[str]:
     return [str(k) for k in dask_scheduler.tasks]
+
+
+def _pending_acquires(dask_scheduler: Any, name: str) -> int:
+    pending: int = dask_scheduler.extensions["semaphores"].metrics["pending"].get(name, 0)
+    return pending
 
 
 def _scheduler_task_states(dask_scheduler: Any) -> dict[str, str]:

@@ -238,6 +238,12 @@ class FakeCore:
     ) -> tuple[list[Any], list[Any]]:
         raise NotImplementedError("collections: see the real-cluster tests")
 
+    async def acquire_lease(self, name: str, max_leases: int, lease_id: str) -> None:
+        raise NotImplementedError("locks and semaphores: see the real-cluster tests")
+
+    async def release_lease(self, lease_id: str) -> None:
+        raise NotImplementedError("locks and semaphores: see the real-cluster tests")
+
     async def wait_fetches(self, keys: Collection[Any]) -> None:
         pass
 

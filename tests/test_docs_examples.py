@@ -72,6 +72,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         ("chaining.py", {}, "{'all': 800000, 'even': 400000}\n"),
         ("stopping.py", {}, f"{10 * sum(range(10_000))} 6\n"),
         ("streaming.py", {"n": 300}, "stored 300 records\n"),
+        ("locks.py", {}, "[0, 1, 4, 9, 16, 25] timed out: True\n"),
     ],
 )
 async def test_howto(

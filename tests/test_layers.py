@@ -17,7 +17,7 @@ LAYERS = {
     # worker side: runs in Dask's workers and their children
     "worker": ["_child", "_remote"],
     # asyncio core: one distributed.Client on one asyncio loop; no anyio
-    "core": ["_forget", "_transfer", "_connect", "_core"],
+    "core": ["_forget", "_transfer", "_leases", "_connect", "_core"],
     # the thread bridge: the one primitive that crosses threads
     "bridge": ["_bridge"],
     # anyio front end, on the caller's loop: state, then its parts, then the façade
@@ -35,8 +35,10 @@ LAYERS = {
         "_streams",
         "_scope",
         "_work",
+        "_primitives",
         "_show",
         "_lifetime",
+        "_coordination",
         "_executor",
         "__init__",
     ],

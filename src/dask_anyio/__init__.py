@@ -25,6 +25,8 @@ from ._executor import DaskExecutor as DaskExecutor
 from ._handle import ExecutorStatistics as ExecutorStatistics
 from ._handle import TaskHandle as TaskHandle
 from ._handle import TaskStatus as TaskStatus
+from ._primitives import Lock as Lock
+from ._primitives import Semaphore as Semaphore
 from ._remote import CancelledOnWorker as CancelledOnWorker
 from ._remote import checkpoint as checkpoint
 from ._remote import kill_on_cancel as kill_on_cancel
@@ -35,8 +37,10 @@ __all__ = [
     "CancelledOnWorker",
     "DaskExecutor",
     "ExecutorStatistics",
+    "Lock",
     "ResultStream",
     "SchedulerLost",
+    "Semaphore",
     "TaskCancelled",
     "TaskHandle",
     "TaskStatus",

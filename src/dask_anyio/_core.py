@@ -29,6 +29,7 @@ from distributed.utils import iscoroutinefunction
 
 from ._connect import Connection, open_connection
 from ._forget import FORGET_TIMEOUT, wait_forgotten
+from ._leases import Leases
 from ._logs import HeldSerializationErrors
 from ._remote import run_coroutine
 from ._transfer import Transfers
@@ -95,11 +96,11 @@ class DaskCore:
     def __init__(self, connection: Connection) -> None:
         self.client: distributed.Client = connection.client
         self._connection = connection
-        #: Tasks waiting for futures to be done (see watch), and the items done in this
-        #: loop turn, by the function that delivers them.
+        #: Tasks waiting for futures (see watch); the items done this loop turn, by deliverer.
         self._watching: set[asyncio.Task[None]] = set()
         self._done: dict[Callable[[list[Any]], object], list[Any]] = {}
         self._transfers = Transfers(self.client)
+        self._leases = Leases(self.client)
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -110,12 +111,15 @@ class DaskCore:
         return cls(await open_connection(**arguments))
 
     async def close(self) -> None:
-        """Close what this core owns: the client, then the cluster."""
+        """Release the leases held, then close what this core owns: client, cluster."""
         connection = self._connection
-        if connection.owns_client:
-            await self.client.close()
-        if connection.owns_cluster and connection.cluster is not None:
-            await connection.cluster.close()
+        try:
+            await self._leases.close()
+        finally:
+            if connection.owns_client:
+                await self.client.close()
+            if connection.owns_cluster and connection.cluster is not None:
+                await connection.cluster.close()
 
     @property
     def scheduler_address(self) -> str | None:
@@ -292,11 +296,8 @@ class DaskCore:
     async def wait_released(self, keys: Collection[Any]) -> None:
         """Wait until the client has sent the release of ``keys`` (released with
         :meth:`release`): a submit made after this reaches the scheduler after the release.
-
-        Dask sends releases and submissions on one ordered stream, and queues a release on
-        the client's loop as soon as the key's reference count drops to zero: that takes a
-        loop turn or two.
-        """
+        Dask sends both on one ordered stream, a loop turn or two after the key's reference
+        count drops to zero."""
         for _ in range(100):  # bounded, in case Dask changes how it releases
             if self.client.refcount.keys().isdisjoint(keys):
                 return
@@ -361,6 +362,12 @@ class DaskCore:
         except Exception as error:  # pragma: no cover - the future was cancelled, not failed
             return repr(error)
         return "unknown reason"  # pragma: no cover
+
+    async def acquire_lease(self, name: str, max_leases: int, lease_id: str) -> None:
+        await self._leases.acquire(name, max_leases, lease_id)
+
+    async def release_lease(self, lease_id: str) -> None:
+        await self._leases.release(lease_id)
 
     async def exception(self, future: distributed.Future[Any]) -> BaseException:
         """Return the remote exception of an erred future, carrying its remote traceback."""

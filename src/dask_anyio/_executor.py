@@ -24,12 +24,12 @@ from distributed.deploy.cluster import Cluster
 from . import _work
 from ._bridge import open_core_runner
 from ._completed import AsCompleted
+from ._coordination import ExecutorCoordination
 from ._core import DaskCore
 from ._errors import TaskCancelled
 from ._fetch import Fetcher
 from ._handle import TaskHandle, check_owner
 from ._host import Host
-from ._lifetime import ExecutorLifetime
 from ._options import (
     Source,
     TaskOptions,
@@ -53,7 +53,7 @@ P = ParamSpec("P")
 _RUN_OPTIONS = TaskOptions().for_dask()
 
 
-class DaskExecutor(ExecutorLifetime):
+class DaskExecutor(ExecutorCoordination):
     """Submit work to a Dask cluster from asyncio or trio, with structured concurrency.
 
     Use it as ``async with DaskExecutor(...) as ex:``. Where the cluster comes from:

@@ -45,8 +45,8 @@ class ExecutorScope:
         open_core: CoreOpener,
         confirm_batch: int,
     ) -> None:
-        self.source = source
-        self.gate = Gate()
+        self.source: Source = source
+        self.gate: Gate = Gate()
         self.runner: CoreRunner
         self.core: DaskCore
         self.tasks: TaskTable | None = None

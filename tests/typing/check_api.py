@@ -26,7 +26,9 @@ from dask_anyio import (
     CancelledOnWorker,
     DaskExecutor,
     ExecutorStatistics,
+    Lock,
     ResultStream,
+    Semaphore,
     TaskCancelled,
     TaskHandle,
     TaskStatus,
@@ -53,6 +55,12 @@ async def check_executor() -> None:
         assert_type(ex.client, distributed.Client)
         assert_type(ex.dashboard_link, str | None)
         assert_type(ex.statistics(), ExecutorStatistics)
+        assert_type(ex.lock("name"), Lock)
+        async with ex.semaphore("name", max_leases=2) as sem:
+            assert_type(sem, Semaphore)
+            assert_type(sem.held, int)
+        async with ex.lock("name") as lock:
+            assert_type(lock, Lock)
     async with DaskExecutor("tcp://127.0.0.1:8786", connect_timeout=5) as ex:
         assert_type(ex, DaskExecutor)
     kept = await DaskExecutor().open()  # a notebook's, across cells

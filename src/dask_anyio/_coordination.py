@@ -1,0 +1,40 @@
+"""anyio front end: the part of :class:`~dask_anyio.DaskExecutor` that coordinates work
+through the scheduler (its base class :class:`ExecutorCoordination`): locks and semaphores,
+cancel-safe."""
+
+from __future__ import annotations
+
+from ._lifetime import ExecutorLifetime
+from ._primitives import Lock, Semaphore, check_name
+
+__all__ = ["ExecutorCoordination"]
+
+
+class ExecutorCoordination(ExecutorLifetime):
+    """Coordination through the scheduler (a base class of DaskExecutor; see there)."""
+
+    def lock(self, name: str) -> Lock:
+        """A lock of the cluster's scheduler named ``name``, shared with every client that
+        uses the name (Dask's ``distributed.Lock`` of that name included): ``async with
+        ex.lock("name"):``. A plain call; acquiring is a checkpoint, and a cancelled
+        acquire never holds the lock afterwards. The executor's exit releases it if it is
+        still held.
+
+        :raises TypeError, ValueError: if ``name`` is not a non-empty string.
+        """
+        self._scope.gate.check_open()
+        return Lock(self._scope, check_name("lock()", name), 1)
+
+    def semaphore(self, name: str, *, max_leases: int) -> Semaphore:
+        """A semaphore of the cluster's scheduler named ``name`` with ``max_leases`` leases,
+        shared with every client that uses the name: ``async with ex.semaphore("gpu",
+        max_leases=2):``. As :meth:`lock`: a cancelled acquire never holds a lease.
+
+        :raises TypeError, ValueError: for a bad name or a ``max_leases`` that is not a
+            positive integer; acquiring raises :exc:`ValueError` if the name is a semaphore
+            of another number of leases on the cluster.
+        """
+        self._scope.gate.check_open()
+        if not isinstance(max_leases, int) or isinstance(max_leases, bool) or max_leases < 1:
+            raise ValueError(f"max_leases must be a positive integer, not {max_leases!r}")
+        return Semaphore(self._scope, check_name("semaphore()", name), max_leases)
