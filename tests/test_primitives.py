@@ -27,6 +27,32 @@ def _name(what: str) -> str:
     return f"{what}-{uuid.uuid4().hex}"
 
 
+async def _free(ex: DaskExecutor, name: str) -> None:
+    """The lock ``name`` is free: taken at once (well within WAIT), and let go."""
+    with anyio.fail_after(WAIT):
+        async with ex.lock(name) as lock:
+            assert lock.held == 1
+
+
+async def _waits_for_release(
+    external_cluster: ExternalCluster, waiter: Semaphore, release: Callable[[], Awaitable[None]]
+) -> None:
+    """``waiter`` waits on the scheduler until ``release()``, then gets its lease."""
+    got = anyio.Event()
+
+    async def take() -> None:
+        async with waiter:
+            got.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take)
+        await external_cluster.wait_acquire_pending(waiter.name)
+        assert not got.is_set()
+        await release()
+        with anyio.fail_after(WAIT):
+            await got.wait()
+
+
 async def test_a_lock_excludes_a_second_holder(external_cluster: ExternalCluster) -> None:
     """Two executors (two clients): the second waits until the first releases."""
     name = _name("lock")
@@ -36,21 +62,9 @@ async def test_a_lock_excludes_a_second_holder(external_cluster: ExternalCluster
     ):
         first, second = ex.lock(name), other.lock(name)
         assert isinstance(first, Lock)
-        got = anyio.Event()
-
-        async def take_second() -> None:
-            async with second:
-                got.set()
-
         await first.acquire()
         assert first.held == 1
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(take_second)
-            await external_cluster.wait_acquire_pending(name)
-            assert not got.is_set()
-            await first.release()
-            with anyio.fail_after(WAIT):
-                await got.wait()
+        await _waits_for_release(external_cluster, second, first.release)
         assert (first.held, second.held) == (0, 0)
 
 
@@ -98,9 +112,7 @@ async def test_a_cancelled_acquire_never_holds_the_lock(
         # No competitor until the request left behind has had its chance: Dask's takes
         # the lock now (for nobody); ours, if granted, is released at once.
         await external_cluster.wait_acquire_pending(name, pending=False)
-        with anyio.fail_after(WAIT):
-            async with ex.lock(name) as lock:
-                assert lock.held == 1
+        await _free(ex, name)
 
 
 async def test_one_lock_object_serves_many_tasks(external_cluster: ExternalCluster) -> None:
@@ -149,9 +161,7 @@ async def test_an_acquire_waiting_at_exit_takes_nothing(external_cluster: Extern
             await ex.aclose()
         assert len(failed) == 1, failed
         await holder.release()
-        with anyio.fail_after(WAIT):
-            async with other.lock(name):
-                pass
+        await _free(other, name)
 
 
 async def test_a_semaphore_has_max_leases(external_cluster: ExternalCluster) -> None:
@@ -163,19 +173,7 @@ async def test_a_semaphore_has_max_leases(external_cluster: ExternalCluster) -> 
         await sem.acquire()
         assert sem.held == 2
         third = ex.semaphore(name, max_leases=2)
-        got = anyio.Event()
-
-        async def take_third() -> None:
-            async with third:
-                got.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(take_third)
-            await external_cluster.wait_acquire_pending(name)
-            assert not got.is_set()
-            await sem.release()
-            with anyio.fail_after(WAIT):
-                await got.wait()
+        await _waits_for_release(external_cluster, third, sem.release)
         await sem.release()
         assert (sem.held, third.held) == (0, 0)
 
@@ -188,9 +186,7 @@ async def test_a_failing_holder_releases(external_cluster: ExternalCluster) -> N
             async with lock:
                 raise KeyError("body")
         assert lock.held == 0
-        with anyio.fail_after(WAIT):
-            async with ex.lock(name):
-                pass
+        await _free(ex, name)
 
 
 async def test_the_exit_releases_what_is_still_held(external_cluster: ExternalCluster) -> None:
@@ -198,9 +194,7 @@ async def test_the_exit_releases_what_is_still_held(external_cluster: ExternalCl
     async with DaskExecutor(external_cluster.address) as ex:
         await ex.lock(name).acquire()
     async with DaskExecutor(external_cluster.address) as ex:
-        with anyio.fail_after(WAIT):
-            async with ex.lock(name):
-                pass
+        await _free(ex, name)
 
 
 async def test_bad_use_is_named(external_cluster: ExternalCluster) -> None:
