@@ -244,7 +244,7 @@ class DaskExecutor(ExecutorCoordination):
 
         :raises TypeError: if an argument is not a Dask collection.
         """
-        self._fetcher_open()
+        self._scope.gate.check_open()
         options = collection_options(
             optimize_graph=optimize_graph, priority=priority, retries=retries,
             resources=resources, workers=workers, allow_other_workers=allow_other_workers,

@@ -243,11 +243,6 @@ class TaskTable:
             confirm = functools.partial(self._core.wait_forgotten, batch, arrived=batch)
             self._tg.start_soon(self.in_background, confirm)
 
-    @property
-    def to_confirm(self) -> int:
-        """How many released keys wait to be confirmed."""
-        return len(self._released_keys)
-
     async def release_and_send(self, handles: list[TaskHandle[Any]]) -> None:
         """Release ``handles`` (done tasks), and wait until the client has sent the release:
         a task submitted next reaches the scheduler after it. Checkpoint."""
