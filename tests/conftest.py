@@ -64,12 +64,12 @@ class ExternalCluster:
         keys: list[str] = self.observer.run_on_scheduler(_scheduler_keys)
         return set(keys)
 
-    async def wait_forgotten(self, prefix: str = "") -> None:
+    async def wait_forgotten(self, prefix: str = "", within: float = 10) -> None:
         """Wait until the scheduler holds no key starting with ``prefix``: for keys released
         without waiting (Dask's release is a one-way message), poll another process's state."""
         import anyio
 
-        with anyio.fail_after(10):
+        with anyio.fail_after(within):
             while any(k.startswith(prefix) for k in self.scheduler_keys()):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
 
@@ -88,6 +88,14 @@ class ExternalCluster:
 
         with anyio.fail_after(10):
             while bool(self.observer.run_on_scheduler(_pending_acquires, name=name)) != pending:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+
+    async def wait_waiting(self, kind: str, name: str, count: int, within: float = 10) -> None:
+        """Wait until ``count`` requests wait on the scheduler (see :func:`_waiting`)."""
+        import anyio
+
+        with anyio.fail_after(within):
+            while self.observer.run_on_scheduler(_waiting, kind=kind, name=name) != count:  # noqa: ASYNC110
                 await anyio.sleep(0.02)
 
     def cancel_requests(self, client_id: str) -> list[int]:
@@ -119,6 +127,19 @@ def _scheduler_keys(dask_scheduler: Any) -> list[str]:
 def _pending_acquires(dask_scheduler: Any, name: str) -> int:
     pending: int = dask_scheduler.extensions["semaphores"].metrics["pending"].get(name, 0)
     return pending
+
+
+def _waiting(dask_scheduler: Any, kind: str, name: str) -> int:
+    """How many requests wait on the scheduler: gets (``kind`` "get") or puts ("put") of the
+    queue ``name``, waits of the event ``name`` ("wait"), gets of unset variables ("unset",
+    of any name: the scheduler keeps one condition for all)."""
+    extensions = dask_scheduler.extensions
+    if kind == "wait":
+        return int(extensions["events"]._waiter_count.get(name, 0))
+    if kind == "unset":
+        return len(extensions["variables"].started._waiters)
+    queue = extensions["queues"].queues.get(name)
+    return 0 if queue is None else len(queue._getters if kind == "get" else queue._putters)
 
 
 def _scheduler_task_states(dask_scheduler: Any) -> dict[str, str]:

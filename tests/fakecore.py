@@ -82,6 +82,16 @@ async def open_fake_runner() -> AsyncIterator[FakeRunner]:
     yield FakeRunner()
 
 
+class _Unfaked:
+    """A part of the real core that the fake leaves out: using it says where it is tested."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __getattr__(self, name: str) -> Any:
+        raise NotImplementedError(f"{self._what}: see the real-cluster tests")
+
+
 class FakeCore:
     """The front end's view of a Dask client and its cluster, in memory."""
 
@@ -106,6 +116,8 @@ class FakeCore:
         self._watched: anyio.Event | None = None
         self._watching: dict[str, list[tuple[Any, Callable[[list[Any]], object]]]] = {}
         self._keys = itertools.count()
+        self.leases = _Unfaked("locks and semaphores")
+        self.exchange = _Unfaked("queues, events and variables")
 
     def executor(self, **kwargs: Any) -> DaskExecutor:
         """An executor over this core."""
@@ -237,12 +249,6 @@ class FakeCore:
         self, collections: list[Any], options: Mapping[str, Any]
     ) -> tuple[list[Any], list[Any]]:
         raise NotImplementedError("collections: see the real-cluster tests")
-
-    async def acquire_lease(self, name: str, max_leases: int, lease_id: str) -> None:
-        raise NotImplementedError("locks and semaphores: see the real-cluster tests")
-
-    async def release_lease(self, lease_id: str) -> None:
-        raise NotImplementedError("locks and semaphores: see the real-cluster tests")
 
     async def wait_fetches(self, keys: Collection[Any]) -> None:
         pass

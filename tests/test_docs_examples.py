@@ -73,6 +73,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         ("stopping.py", {}, f"{10 * sum(range(10_000))} 6\n"),
         ("streaming.py", {"n": 300}, "stored 300 records\n"),
         ("locks.py", {}, "[0, 1, 4, 9, 16, 25] timed out: True\n"),
+        ("sharing.py", {}, "[100, 101, 104, 109, 116, 125] timed out: True\n"),
     ],
 )
 async def test_howto(

@@ -16,8 +16,10 @@ LAYERS = {
     "foundation": ["_errors", "_logs", "_diagnose", "_client"],
     # worker side: runs in Dask's workers and their children
     "worker": ["_child", "_remote"],
+    # scheduler side: handlers that a plugin adds to the scheduler
+    "scheduler": ["_on_scheduler"],
     # asyncio core: one distributed.Client on one asyncio loop; no anyio
-    "core": ["_forget", "_transfer", "_leases", "_connect", "_core"],
+    "core": ["_forget", "_transfer", "_leases", "_exchange", "_connect", "_core"],
     # the thread bridge: the one primitive that crosses threads
     "bridge": ["_bridge"],
     # anyio front end, on the caller's loop: state, then its parts, then the façade
@@ -36,6 +38,7 @@ LAYERS = {
         "_scope",
         "_work",
         "_primitives",
+        "_shared",
         "_show",
         "_lifetime",
         "_coordination",

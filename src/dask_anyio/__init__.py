@@ -5,16 +5,18 @@ order is in ``tests/test_layers.py``, which fails on an import that points up):
 
 * shared: ``_errors`` (exceptions, cancel reasons), ``_logs``, ``_diagnose``, ``_client``.
 * worker side: ``_child``, ``_remote`` (``checkpoint``, ``kill_on_cancel``), run in workers.
-* ``_forget``, ``_transfer``, ``_connect``, ``_core``: the asyncio core, one asynchronous
-  :class:`distributed.Client` (and perhaps a cluster) on one asyncio loop. Knows nothing of
-  anyio or trio.
+* ``_forget``, ``_transfer``, ``_leases``, ``_exchange``, ``_connect``, ``_core``: the
+  asyncio core, one asynchronous :class:`distributed.Client` (and perhaps a cluster) on one
+  asyncio loop. Knows nothing of anyio or trio.
 * ``_bridge``: the thread bridge. :meth:`LoopToken.run_sync_soon` is the one primitive that
   crosses threads; ``open_core_runner`` picks, once per executor, whether the core runs on the
   caller's asyncio loop or on a private asyncio loop thread (under trio).
 * the anyio front end, on the caller's loop: ``_handle`` (a thin :class:`TaskHandle` over its
   state record), ``_options``, ``_gate``, ``_watch``, ``_tasks`` (the task table), ``_fetch``,
   the iterators (``_completed``, ``_streams``), ``_scope`` (entering and the exit rules),
-  ``_work``, and the façade :class:`DaskExecutor` (``_lifetime``, ``_executor``).
+  ``_work``, the scheduler's primitives (``_primitives``: locks and semaphores; ``_shared``:
+  queues, events, variables), and the façade :class:`DaskExecutor` (``_lifetime``,
+  ``_coordination``, ``_executor``).
 * ``_cli`` and ``_demo``: the ``dask anyio`` command line.
 """
 
@@ -30,20 +32,26 @@ from ._primitives import Semaphore as Semaphore
 from ._remote import CancelledOnWorker as CancelledOnWorker
 from ._remote import checkpoint as checkpoint
 from ._remote import kill_on_cancel as kill_on_cancel
+from ._shared import Event as Event
+from ._shared import Queue as Queue
+from ._shared import Variable as Variable
 from ._streams import ResultStream as ResultStream
 
 __all__ = [
     "AsCompleted",
     "CancelledOnWorker",
     "DaskExecutor",
+    "Event",
     "ExecutorStatistics",
     "Lock",
+    "Queue",
     "ResultStream",
     "SchedulerLost",
     "Semaphore",
     "TaskCancelled",
     "TaskHandle",
     "TaskStatus",
+    "Variable",
     "checkpoint",
     "kill_on_cancel",
 ]

@@ -1,11 +1,12 @@
 """anyio front end: the part of :class:`~dask_anyio.DaskExecutor` that coordinates work
-through the scheduler (its base class :class:`ExecutorCoordination`): locks and semaphores,
-cancel-safe."""
+through the scheduler (its base class :class:`ExecutorCoordination`): locks, semaphores,
+queues, events and variables, cancel-safe."""
 
 from __future__ import annotations
 
 from ._lifetime import ExecutorLifetime
 from ._primitives import Lock, Semaphore, check_name
+from ._shared import Event, Queue, Variable
 
 __all__ = ["ExecutorCoordination"]
 
@@ -38,3 +39,37 @@ class ExecutorCoordination(ExecutorLifetime):
         if not isinstance(max_leases, int) or isinstance(max_leases, bool) or max_leases < 1:
             raise ValueError(f"max_leases must be a positive integer, not {max_leases!r}")
         return Semaphore(self._scope, check_name("semaphore()", name), max_leases)
+
+    def queue(self, name: str, *, maxsize: int = 0) -> Queue:
+        """A queue of the cluster's scheduler named ``name``, shared with every client that
+        uses the name (Dask's ``distributed.Queue`` of that name included): ``await
+        q.put(x)``, ``x = await q.get()``. A plain call. Cancel-safe: a cancelled get
+        either returned its item or left it in the queue. ``maxsize`` (0: no limit) counts
+        if this call's executor is the first to use the name.
+
+        :raises TypeError, ValueError: for a bad name or a negative ``maxsize``.
+        """
+        self._scope.gate.check_open()
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 0:
+            raise ValueError(f"maxsize must be an integer, 0 or more, not {maxsize!r}")
+        return Queue(self._scope, check_name("queue()", name), maxsize)
+
+    def event(self, name: str) -> Event:
+        """An event of the cluster's scheduler named ``name``, shared with every client
+        that uses the name: ``await ev.wait()``, ``await ev.set()``, ``await ev.clear()``.
+        A plain call; a cancelled wait leaves nothing waiting on the scheduler.
+
+        :raises TypeError, ValueError: if ``name`` is not a non-empty string.
+        """
+        self._scope.gate.check_open()
+        return Event(self._scope, check_name("event()", name))
+
+    def variable(self, name: str) -> Variable:
+        """A variable of the cluster's scheduler named ``name``, shared with every client
+        that uses the name: ``await var.set(x)``, ``x = await var.get()``. A plain call;
+        a cancelled get leaves nothing held on the scheduler.
+
+        :raises TypeError, ValueError: if ``name`` is not a non-empty string.
+        """
+        self._scope.gate.check_open()
+        return Variable(self._scope, check_name("variable()", name))

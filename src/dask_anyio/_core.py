@@ -5,8 +5,9 @@ Everything here is plain asyncio and runs on the *core loop*, the loop that owns
 methods (:meth:`DaskCore.submit`, :meth:`DaskCore.map`, :meth:`DaskCore.release`) are
 thread-safe because the Dask client's ``submit``, ``map`` and ``Future.release`` are.
 This module knows nothing of anyio, trio or handles. Opening the client is
-:mod:`._connect`'s job, confirming that keys are forgotten :mod:`._forget`'s, and transfers
-that outlive their caller :mod:`._transfer`'s.
+:mod:`._connect`'s job, confirming that keys are forgotten :mod:`._forget`'s, transfers
+that outlive their caller :mod:`._transfer`'s, leases :mod:`._leases`' and the scheduler's
+queues, events and variables :mod:`._exchange`'s.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from distributed.client import FutureCancelledError
 from distributed.utils import iscoroutinefunction
 
 from ._connect import Connection, open_connection
+from ._exchange import Exchange
 from ._forget import FORGET_TIMEOUT, wait_forgotten
 from ._leases import Leases
 from ._logs import HeldSerializationErrors
@@ -100,7 +102,10 @@ class DaskCore:
         self._watching: set[asyncio.Task[None]] = set()
         self._done: dict[Callable[[list[Any]], object], list[Any]] = {}
         self._transfers = Transfers(self.client)
-        self._leases = Leases(self.client)
+        #: The scheduler's leases (of semaphores, locks) this client holds or asks for.
+        self.leases = Leases(self.client)
+        #: The scheduler's queues, events and variables.
+        self.exchange = Exchange(self.client)
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -114,7 +119,7 @@ class DaskCore:
         """Release the leases held, then close what this core owns: client, cluster."""
         connection = self._connection
         try:
-            await self._leases.close()
+            await self.leases.close()
         finally:
             if connection.owns_client:
                 await self.client.close()
@@ -362,12 +367,6 @@ class DaskCore:
         except Exception as error:  # pragma: no cover - the future was cancelled, not failed
             return repr(error)
         return "unknown reason"  # pragma: no cover
-
-    async def acquire_lease(self, name: str, max_leases: int, lease_id: str) -> None:
-        await self._leases.acquire(name, max_leases, lease_id)
-
-    async def release_lease(self, lease_id: str) -> None:
-        await self._leases.release(lease_id)
 
     async def exception(self, future: distributed.Future[Any]) -> BaseException:
         """Return the remote exception of an erred future, carrying its remote traceback."""

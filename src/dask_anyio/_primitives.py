@@ -71,10 +71,10 @@ class Semaphore:
         await anyio.lowlevel.checkpoint_if_cancelled()
         lease_id = uuid.uuid4().hex
         try:
-            await scope.runner.run(scope.core.acquire_lease, self.name, self.max_leases, lease_id)
+            await scope.runner.run(scope.core.leases.acquire, self.name, self.max_leases, lease_id)
         except BaseException:  # granted just as the caller was cancelled: let it go
             with anyio.CancelScope(shield=True):
-                await scope.runner.run(scope.core.release_lease, lease_id)
+                await scope.runner.run(scope.core.leases.release, lease_id)
             raise
         self._held.append(lease_id)
 
@@ -93,7 +93,7 @@ class Semaphore:
             raise RuntimeError(f"{self!r} holds no lease to release")
         lease_id = self._held.popleft()
         with anyio.CancelScope(shield=True):
-            await self._scope.runner.run(self._scope.core.release_lease, lease_id)
+            await self._scope.runner.run(self._scope.core.leases.release, lease_id)
 
     async def __aenter__(self) -> Self:
         await self.acquire()
