@@ -118,6 +118,7 @@ class FakeCore:
         self._keys = itertools.count()
         self.leases = _Unfaked("locks and semaphores")
         self.exchange = _Unfaked("queues, events and variables")
+        self.actors = _Unfaked("actors")
 
     def executor(self, **kwargs: Any) -> DaskExecutor:
         """An executor over this core."""

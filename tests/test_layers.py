@@ -19,7 +19,7 @@ LAYERS = {
     # scheduler side: handlers that a plugin adds to the scheduler
     "scheduler": ["_on_scheduler"],
     # asyncio core: one distributed.Client on one asyncio loop; no anyio
-    "core": ["_forget", "_transfer", "_leases", "_exchange", "_connect", "_core"],
+    "core": ["_forget", "_transfer", "_leases", "_exchange", "_actors", "_connect", "_core"],
     # the thread bridge: the one primitive that crosses threads
     "bridge": ["_bridge"],
     # anyio front end, on the caller's loop: state, then its parts, then the façade
@@ -39,6 +39,7 @@ LAYERS = {
         "_work",
         "_primitives",
         "_shared",
+        "_actor",
         "_show",
         "_lifetime",
         "_coordination",

@@ -15,11 +15,12 @@ order is in ``tests/test_layers.py``, which fails on an import that points up):
   state record), ``_options``, ``_gate``, ``_watch``, ``_tasks`` (the task table), ``_fetch``,
   the iterators (``_completed``, ``_streams``), ``_scope`` (entering and the exit rules),
   ``_work``, the scheduler's primitives (``_primitives``: locks and semaphores; ``_shared``:
-  queues, events, variables), and the façade :class:`DaskExecutor` (``_lifetime``,
+  queues, events, variables; ``_actor``), and the façade :class:`DaskExecutor` (``_lifetime``,
   ``_coordination``, ``_executor``).
 * ``_cli`` and ``_demo``: the ``dask anyio`` command line.
 """
 
+from ._actor import Actor as Actor
 from ._completed import AsCompleted as AsCompleted
 from ._errors import SchedulerLost as SchedulerLost
 from ._errors import TaskCancelled as TaskCancelled
@@ -38,6 +39,7 @@ from ._shared import Variable as Variable
 from ._streams import ResultStream as ResultStream
 
 __all__ = [
+    "Actor",
     "AsCompleted",
     "CancelledOnWorker",
     "DaskExecutor",

@@ -1,14 +1,21 @@
 """anyio front end: the part of :class:`~dask_anyio.DaskExecutor` that coordinates work
-through the scheduler (its base class :class:`ExecutorCoordination`): locks, semaphores,
-queues, events and variables, cancel-safe."""
+through the scheduler and its workers (its base class :class:`ExecutorCoordination`):
+locks, semaphores, queues, events and variables, cancel-safe; actors."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from ._actor import Actor, make_actor
 from ._lifetime import ExecutorLifetime
 from ._primitives import Lock, Semaphore, check_name
 from ._shared import Event, Queue, Variable
 
 __all__ = ["ExecutorCoordination"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class ExecutorCoordination(ExecutorLifetime):
@@ -73,3 +80,14 @@ class ExecutorCoordination(ExecutorLifetime):
         """
         self._scope.gate.check_open()
         return Variable(self._scope, check_name("variable()", name))
+
+    async def actor(self, cls: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Actor[T]:
+        """``cls(*args, **kwargs)`` made on a worker, where it stays, its state with it:
+        ``counter = await ex.actor(Counter)``, then ``await counter.add(1)``. Checkpoint: it
+        returns once the actor exists (raising its constructor's exception if that failed);
+        a cancelled call leaves no actor. Handles in the arguments stand for their values.
+        The actor belongs to this executor's scope: the exit releases it.
+
+        :raises TypeError: if ``cls`` is not a class.
+        """
+        return await make_actor(self._scope, cls, args, kwargs)  # type: ignore[arg-type]

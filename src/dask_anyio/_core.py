@@ -6,8 +6,8 @@ methods (:meth:`DaskCore.submit`, :meth:`DaskCore.map`, :meth:`DaskCore.release`
 thread-safe because the Dask client's ``submit``, ``map`` and ``Future.release`` are.
 This module knows nothing of anyio, trio or handles. Opening the client is
 :mod:`._connect`'s job, confirming that keys are forgotten :mod:`._forget`'s, transfers
-that outlive their caller :mod:`._transfer`'s, leases :mod:`._leases`' and the scheduler's
-queues, events and variables :mod:`._exchange`'s.
+that outlive their caller :mod:`._transfer`'s, leases :mod:`._leases`', the scheduler's
+queues, events and variables :mod:`._exchange`'s, calls to actors :mod:`._actors`'.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dask.utils import apply, funcname
 from distributed.client import FutureCancelledError
 from distributed.utils import iscoroutinefunction
 
+from ._actors import Actors
 from ._connect import Connection, open_connection
 from ._exchange import Exchange
 from ._forget import FORGET_TIMEOUT, wait_forgotten
@@ -102,10 +103,10 @@ class DaskCore:
         self._watching: set[asyncio.Task[None]] = set()
         self._done: dict[Callable[[list[Any]], object], list[Any]] = {}
         self._transfers = Transfers(self.client)
-        #: The scheduler's leases (of semaphores, locks) this client holds or asks for.
+        #: Leases (locks, semaphores); queues, events and variables; actors: the core's parts.
         self.leases = Leases(self.client)
-        #: The scheduler's queues, events and variables.
         self.exchange = Exchange(self.client)
+        self.actors = Actors(self.client)
 
     # -- opening and closing ---------------------------------------------------------------
 

@@ -210,7 +210,7 @@ class DaskExecutor(ExecutorCoordination):
         """
         fetcher = self._fetcher_open()
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing
-        handle = _work.submit(self._scope, fn, args, kwargs, _RUN_OPTIONS)
+        handle = _work.submit(self._scope, fn, args, kwargs, _RUN_OPTIONS, "run")
         values, failure = await fetcher.results_of_call([handle])
         if failure is not None:  # raised here: the traceback shows one frame of ours
             raise failure

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -25,6 +26,7 @@ __all__ = [
     "TaskOptions",
     "check_collections",
     "check_given_client",
+    "check_not_actor",
     "check_prefix",
     "check_source",
     "check_stream",
@@ -298,6 +300,30 @@ def collection_options(
         allow_other_workers,
         optimize_graph,
     )
+
+
+def check_not_actor(what: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    """Refuse Dask's ``actor=`` (``actors=``) among the keywords of ``fn`` unless ``fn``
+    names such a parameter: it would reach ``fn`` (a class would get ``actor=True``).
+
+    :raises TypeError: naming :meth:`DaskExecutor.actor`.
+    """
+    given = [name for name in ("actor", "actors") if name in kwargs]
+    if not given:
+        return
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # (no signature: let it through)
+        return
+    takes_any = not isinstance(fn, type) and any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+    if not takes_any and not all(name in parameters for name in given):
+        raise TypeError(
+            f"{what}() passes every keyword to the function, so {given[0]}= would reach "
+            f"{getattr(fn, '__qualname__', fn)!r}; to make an actor, use "
+            "`actor = await ex.actor(cls, *args)`"
+        )
 
 
 def check_prefix(key: object) -> str:

@@ -35,7 +35,7 @@ from distributed.core import Status
 
 from . import _child
 
-__all__ = ["CancelledOnWorker", "checkpoint", "kill_on_cancel", "run_coroutine"]
+__all__ = ["CancelledOnWorker", "checkpoint", "kill_on_cancel", "new_actor", "run_coroutine"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -341,6 +341,18 @@ def _exited(child: Any) -> bool:
         return os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:  # reaped by someone else
         return True
+
+
+def new_actor(cls: Callable[..., T], args: Sequence[Any], kwargs: Mapping[str, Any]) -> T:
+    """The task that makes an actor of ``ex.actor``: ``cls(*args, **kwargs)``. Then every
+    exception class imported so far (the actor's module's own among them) pickles with its
+    traceback, as distributed makes its own and builtin ones do: a method's error reaches
+    its caller with the remote traceback (the worker sends it pickled)."""
+    import tblib.pickling_support
+
+    actor = cls(*args, **kwargs)
+    tblib.pickling_support.install()
+    return actor
 
 
 def _worker_or_none() -> Worker | None:

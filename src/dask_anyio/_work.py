@@ -12,7 +12,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._handle import TaskHandle
-from ._options import CollectionOptions, check_collections
+from ._options import CollectionOptions, check_collections, check_not_actor
 from ._scope import ExecutorScope
 from ._tasks import Adopt
 
@@ -25,10 +25,12 @@ def submit(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     options: dict[str, Any],
+    what: str = "submit",
 ) -> TaskHandle[Any]:
-    """One task, on an open executor."""
+    """One task, on an open executor; ``what``: the method, for error messages."""
     if not callable(fn):
-        raise TypeError(f"submit() needs a callable, not {fn!r}")
+        raise TypeError(f"{what}() needs a callable, not {fn!r}")
+    check_not_actor(what, fn, kwargs)
     scope.check_connected()
     tasks = scope.table
     return tasks.adopt(scope.core.submit(fn, tasks.unwrap(args), tasks.unwrap(kwargs), options))
@@ -44,6 +46,7 @@ def submit_many(
 ) -> list[TaskHandle[Any]]:
     """A task per row of ``columns`` (zipped), on an open executor; ``start``: the position
     of the first row, for error messages."""
+    check_not_actor("map", fn, kwargs)
     tasks = scope.table
     unwrapped = [tasks.unwrap(list(column)) for column in columns]
     scope.check_connected()

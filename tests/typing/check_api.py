@@ -22,16 +22,20 @@ import distributed
 from dask.delayed import Delayed
 
 from dask_anyio import (
+    Actor,
     AsCompleted,
     CancelledOnWorker,
     DaskExecutor,
+    Event,
     ExecutorStatistics,
     Lock,
+    Queue,
     ResultStream,
     Semaphore,
     TaskCancelled,
     TaskHandle,
     TaskStatus,
+    Variable,
     checkpoint,
     kill_on_cancel,
 )
@@ -218,3 +222,31 @@ async def check_running_code(ex: DaskExecutor) -> None:
     kill_on_cancel(double)(1, 2)  # type: ignore[call-arg]
     reschedule: type[distributed.Reschedule] = CancelledOnWorker  # Dask's own kind
     del reschedule
+
+
+class Tally:
+    def __init__(self, start: int) -> None:
+        self.n = start
+
+    def add(self, by: int) -> int:
+        self.n += by
+        return self.n
+
+    async def add_later(self, by: int) -> int:
+        return self.add(by)
+
+
+async def check_shared(ex: DaskExecutor) -> None:
+    """Queues, events, variables; actors, whose methods call() sees with their types."""
+    assert_type(ex.queue("q"), Queue)
+    assert_type(await ex.queue("q").get(), Any)
+    assert_type(ex.event("e"), Event)
+    assert_type(await ex.event("e").is_set(), bool)
+    assert_type(ex.variable("v"), Variable)
+    tally = await ex.actor(Tally, 1)
+    assert_type(tally, Actor[Tally])
+    assert_type(await tally.call(Tally.add, 2), int)
+    assert_type(await tally.call(Tally.add_later, 2), int)  # a coroutine method's value
+    assert_type(tally.handle, TaskHandle[Any])
+    await tally.call(Tally.add, "two")  # type: ignore[call-overload]
+    await ex.actor(Tally, "one")  # type: ignore[arg-type]
