@@ -44,6 +44,10 @@ else:
 _BACKENDS.append(pytest.param(("trio", {}), id="trio"))
 
 
+#: The backends where asyncio's own cancellation (``Task.cancel()``) can reach our calls.
+ASYNCIO_BACKENDS = [p.values[0] for p in _BACKENDS if p.id != "trio"]
+
+
 @pytest.fixture(params=_BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """Every test runs on asyncio, asyncio with uvloop and trio."""

@@ -73,7 +73,7 @@ class FakeRunner:
     def __init__(self) -> None:
         self.front = self.core = current_loop_token()
 
-    async def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def run(self, fn: Callable[..., Awaitable[Any]], *args: Any, dropped: Any = None) -> Any:
         return await fn(*args)
 
 

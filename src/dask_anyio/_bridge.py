@@ -124,18 +124,26 @@ class CoreRunner(Protocol):
     core: LoopToken
 
     async def run(
-        self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts
+        self,
+        fn: Callable[[*Ts], Awaitable[T]],
+        *args: *Ts,
+        dropped: Callable[[T], object] | None = None,
     ) -> T:  # pragma: no cover - protocol
         """Run the coroutine ``fn(*args)`` on the core loop and return its result.
 
         Checkpoint. If the caller is cancelled, the coroutine is cancelled too, and this
-        returns (raising the cancellation) only once the coroutine has finished.
+        returns (raising the cancellation) only once the coroutine has finished. If it
+        finished with a result all the same, ``dropped(result)`` gets it, on the core loop.
         """
         ...
 
 
 async def _run_as_core_task(
-    front: LoopToken, core: LoopToken, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts
+    front: LoopToken,
+    core: LoopToken,
+    fn: Callable[[*Ts], Awaitable[T]],
+    *args: *Ts,
+    dropped: Callable[[T], object] | None = None,
 ) -> T:
     """Run ``fn(*args)`` as its own asyncio task on the core loop and await it from the front.
 
@@ -169,8 +177,9 @@ async def _run_as_core_task(
         with anyio.CancelScope(shield=True):
             core.run_sync_soon(cancel)
             await done.wait()
-        if task is not None and not task.cancelled():
-            task.exception()  # retrieved: asyncio must not log it as never retrieved
+        # (task.exception(): retrieved, so that asyncio does not log it as never retrieved)
+        if task is not None and not task.cancelled() and task.exception() is None and dropped:
+            core.run_sync_soon(dropped, task.result())
         raise
     if start_error is not None:
         raise start_error
@@ -188,8 +197,13 @@ class _SameLoopRunner:
     def __init__(self, token: LoopToken) -> None:
         self.front = self.core = token
 
-    async def run(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-        return await _run_as_core_task(self.front, self.core, fn, *args)
+    async def run(
+        self,
+        fn: Callable[[*Ts], Awaitable[T]],
+        *args: *Ts,
+        dropped: Callable[[T], object] | None = None,
+    ) -> T:
+        return await _run_as_core_task(self.front, self.core, fn, *args, dropped=dropped)
 
 
 class _LoopThreadRunner(_SameLoopRunner):

@@ -49,10 +49,11 @@ class ExecutorCoordination(ExecutorLifetime):
 
     def queue(self, name: str, *, maxsize: int = 0) -> Queue:
         """A queue of the cluster's scheduler named ``name``, shared with every client that
-        uses the name (Dask's ``distributed.Queue`` of that name included): ``await
-        q.put(x)``, ``x = await q.get()``. A plain call. Cancel-safe: a cancelled get
-        either returned its item or left it in the queue. ``maxsize`` (0: no limit) counts
-        if this call's executor is the first to use the name.
+        uses the name (Dask's ``distributed.Queue`` of that name too, for handles and plain
+        values): ``await q.put(x)``, ``x = await q.get()``. A plain call. Cancel-safe: a
+        cancelled get either returned its item or left it in the queue. ``maxsize`` (0: no
+        limit) counts only if the queue is new on the scheduler when this object's first
+        request reaches it.
 
         :raises TypeError, ValueError: for a bad name or a negative ``maxsize``.
         """
@@ -64,7 +65,8 @@ class ExecutorCoordination(ExecutorLifetime):
     def event(self, name: str) -> Event:
         """An event of the cluster's scheduler named ``name``, shared with every client
         that uses the name: ``await ev.wait()``, ``await ev.set()``, ``await ev.clear()``.
-        A plain call; a cancelled wait leaves nothing waiting on the scheduler.
+        A plain call; a cancelled wait stops at once, and leaves nothing waiting on the
+        scheduler after a second.
 
         :raises TypeError, ValueError: if ``name`` is not a non-empty string.
         """

@@ -4,11 +4,10 @@ Everything here is plain asyncio and runs on the *core loop*, the loop that owns
 :class:`distributed.Client`. The coroutine methods must be awaited on that loop; the plain
 methods (:meth:`DaskCore.submit`, :meth:`DaskCore.map`, :meth:`DaskCore.release`) are
 thread-safe because the Dask client's ``submit``, ``map`` and ``Future.release`` are.
-This module knows nothing of anyio, trio or handles. Opening the client is
-:mod:`._connect`'s job, confirming that keys are forgotten :mod:`._forget`'s, transfers
-that outlive their caller :mod:`._transfer`'s, leases :mod:`._leases`', the scheduler's
-queues, events and variables :mod:`._exchange`'s, calls to actors :mod:`._actors`'.
-"""
+This module knows nothing of anyio, trio or handles. Its parts do one job each: opening
+the client (:mod:`._connect`), confirming that keys are forgotten (:mod:`._forget`),
+transfers that outlive their caller (:mod:`._transfer`), leases (:mod:`._leases`), queues,
+events and variables (:mod:`._exchange`), actors (:mod:`._actors`)."""
 
 from __future__ import annotations
 
@@ -117,10 +116,12 @@ class DaskCore:
         return cls(await open_connection(**arguments))
 
     async def close(self) -> None:
-        """Release the leases held, then close what this core owns: client, cluster."""
+        """Release the leases held, put back the queue items kept, then close what this
+        core owns: client, cluster."""
         connection = self._connection
         try:
             await self.leases.close()
+            await self.exchange.close()
         finally:
             if connection.owns_client:
                 await self.client.close()
@@ -129,8 +130,7 @@ class DaskCore:
 
     @property
     def scheduler_address(self) -> str | None:
-        scheduler = self.client.scheduler
-        return None if scheduler is None else str(scheduler.address)
+        return None if (scheduler := self.client.scheduler) is None else str(scheduler.address)
 
     @property
     def dashboard_link(self) -> str | None:

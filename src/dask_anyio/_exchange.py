@@ -8,50 +8,72 @@ connection nobody reads (the item is lost), a variable's value fetched for nobod
 confirmed (the scheduler holds its key for good), an event's waiter stays until the event
 is set. Here every request waits on the scheduler :data:`PROMPT` (events:
 :data:`PATIENCE`) at most, and says whether it got what it asked for (queues and variables
-through handlers of ``_on_scheduler``, which end quietly); the front end sends the requests
-that take something shielded from cancellation, one after another, and looks for a
-cancellation between them.
+through the handlers of ``_on_scheduler``, which end quietly). The front end sends the
+requests that take something shielded from cancellation, one after another, and looks for
+a cancellation between them. If one is cancelled all the same (asyncio's own cancellation
+passes anyio's shield), the request goes on here: an item it takes is kept for the next get
+of this client (and put back in the queue when the core closes), a variable's value is let
+go.
 
-Values other than futures travel pickled, so that what a get returns is what was put (Dask
-sends values as msgpack, which turns lists into tuples, and unpickles on the scheduler what
-msgpack cannot carry: the scheduler would need the user's classes).
+Values travel as they are if Dask's own queues and variables carry them unchanged (str,
+bytes, int, float, bool, None: shared with Dask's ``Queue`` and ``Variable``), others
+pickled, so that a get returns what was put (Dask sends msgpack, which turns lists into
+tuples, and unpickles on the scheduler what msgpack cannot carry).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import distributed
 from distributed.protocol import pickle
 
 from ._leases import PATIENCE
-from ._on_scheduler import QUEUE_GET, QUEUE_PUT, VARIABLE_GET, ExchangeHandlers
+from ._on_scheduler import EMPTY, UNKNOWN_KEY, ExchangeHandlers, handler
 
-__all__ = ["NOTHING", "PROMPT", "Exchange"]
+__all__ = ["MISSING", "NOTHING", "PROMPT", "UNKNOWN", "Exchange"]
+
+logger = logging.getLogger("dask_anyio")
 
 #: How long a queue's or a variable's request waits on the scheduler: how soon its caller
 #: notices a cancellation.
 PROMPT = 0.2
-#: How long a request may take beyond its wait on the scheduler before it is given up: a
-#: reply lost with the connection.
-GIVE_UP_AFTER = 10.0
 
 
-class _Nothing:
+class _Reply:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
     def __repr__(self) -> str:
-        return "NOTHING"
+        return self._name
 
 
 #: What a request returns when it waited on the scheduler and got nothing.
-NOTHING: Final = _Nothing()
+NOTHING: Final = _Reply("NOTHING")
+#: What a put returns when the scheduler did not know the key of its future.
+UNKNOWN: Final = _Reply("UNKNOWN")
+#: What a request returns when the scheduler lacks the handlers (it restarted, say).
+MISSING: Final = _Reply("MISSING")
+
+#: Why a handle from a queue or a variable is cancelled when the scheduler forgot its task.
+FORGOTTEN = "the scheduler forgot this task while a queue or a variable held it"
 
 #: The one key of the record that carries a pickled value through the scheduler.
 PICKLED = "dask-anyio-pickled"
+_AS_IS = (str, bytes, int, float, bool, type(None))
+
+
+def _packed(value: Any) -> Any:
+    return value if type(value) in _AS_IS else {PICKLED: pickle.dumps(value)}
 
 
 def _unpacked(value: Any) -> Any:
-    """What :func:`_packed` sent; a value that Dask's own queue or variable sent, as it is."""
     if type(value) is dict and len(value) == 1 and PICKLED in value:
         return pickle.loads(value[PICKLED])
     return value
@@ -62,63 +84,96 @@ class Exchange:
 
     def __init__(self, client: distributed.Client) -> None:
         self._client = client
-        #: The handlers registered on the scheduler, then each queue made there, by name.
-        self._ready: dict[str | None, asyncio.Future[None]] = {}
+        self._registered: asyncio.Future[None] | None = None
+        #: Items taken by requests whose caller was cancelled all the same, by queue.
+        self._kept: dict[str, collections.deque[Any]] = collections.defaultdict(collections.deque)
+        #: Requests left to finish, and what handles their outcome.
+        self._left: set[asyncio.Future[Any]] = set()
 
-    @property
-    def _scheduler(self) -> Any:
-        scheduler = self._client.scheduler
-        if scheduler is None:
-            raise RuntimeError("the Dask client is not connected to a scheduler")
-        return scheduler
+    async def ready(self) -> None:
+        """Register the handlers on the scheduler (once, until a reply says they are gone)."""
+        if self._registered is None:
+            self._registered = asyncio.ensure_future(self._register())
+        registered = self._registered
+        try:
+            await asyncio.shield(registered)
+        except Exception:
+            if registered.done() and self._registered is registered:
+                self._registered = None  # (the next use tries again)
+            raise
 
     async def queue_put(self, name: str, maxsize: int, item: Any) -> Any:
-        """Put ``item`` (a Future: its key) in the queue ``name``: ``None``, or
-        :data:`NOTHING` if it stayed full for :data:`PROMPT`."""
-        await self._queue(name, maxsize)
-        request: dict[str, Any] = {"data": {PICKLED: pickle.dumps(item)}}
+        """Put ``item`` (a Future: its key) in the queue ``name``: ``None``; or
+        :data:`NOTHING` if the queue stayed full, :data:`UNKNOWN` if the scheduler did not
+        know the key, for :data:`PROMPT`."""
+        request: dict[str, Any] = {"data": _packed(item)}
         if isinstance(item, distributed.Future):
             request = {"key": item.key}
-        put = getattr(self._scheduler, QUEUE_PUT)(name=name, seconds=PROMPT, **request)
-        return None if await _bounded(put) else NOTHING
+        reply = await self._ask("queue_put", name=name, maxsize=maxsize, **request)
+        if reply is MISSING:
+            return MISSING
+        if reply == EMPTY:
+            return NOTHING
+        return UNKNOWN if reply == UNKNOWN_KEY else None
 
     async def queue_get(self, name: str, maxsize: int) -> Any:
         """The next item of the queue ``name`` (a Future for a key), or :data:`NOTHING`."""
-        await self._queue(name, maxsize)
-        record = await _bounded(getattr(self._scheduler, QUEUE_GET)(name=name, seconds=PROMPT))
-        if record is None:
-            return NOTHING
+        kept = self._kept.get(name)
+        if kept:
+            return kept.popleft()
+        return await self._taking(
+            self._queue_get(name, maxsize), functools.partial(self.keep, name)
+        )
+
+    def keep(self, name: str, item: Any) -> None:
+        """Keep ``item``, taken from the queue ``name`` for a caller who was cancelled all
+        the same, for the next get (see the module's docstring)."""
+        if item is not NOTHING and item is not MISSING:
+            self._kept[name].append(item)
+
+    @staticmethod
+    def let_go(value: Any) -> None:
+        """Let go of a variable's value fetched for a caller who was cancelled all the same."""
+        if isinstance(value, distributed.Future):
+            value.release()
+
+    async def _queue_get(self, name: str, maxsize: int) -> Any:
+        reply = await self._ask("queue_get", name=name, maxsize=maxsize)
+        if reply is MISSING or reply is NOTHING:
+            return reply
+        record = reply["record"]
         if record["type"] != "Future":
             return _unpacked(record["value"])
         # As Dask's Queue: this client holds the key, then the queue lets it go.
-        future: distributed.Future[Any] = distributed.Future(record["value"], self._client)
+        future = self._future(record)
         self._client._send_to_scheduler(
             {"op": "queue-future-release", "name": name, "key": record["value"]}
         )
         return future
 
-    async def queue_size(self, name: str, maxsize: int) -> int:
-        await self._queue(name, maxsize)
-        size: int = await self._scheduler.queue_qsize(name=name)
-        return size
+    async def queue_size(self, name: str, maxsize: int) -> Any:
+        reply = await self._ask("queue_size", name=name, maxsize=maxsize)
+        return reply if reply is MISSING else reply["size"] + len(self._kept.get(name, ()))
 
     async def variable_set(self, name: str, value: Any) -> None:
         if not isinstance(value, distributed.Future):
-            value = {PICKLED: pickle.dumps(value)}
+            value = _packed(value)
         await distributed.Variable(name, client=self._client).set(value)
 
     async def variable_get(self, name: str) -> Any:
         """The value of the variable ``name`` (a Future for a key), or :data:`NOTHING` if it
         stayed unset for :data:`PROMPT`."""
-        await self._ensure(None, self._register)
-        get = getattr(self._scheduler, VARIABLE_GET)
-        record = await _bounded(get(name=name, client=self._client.id, seconds=PROMPT))
-        if record is None:
-            return NOTHING
+        return await self._taking(self._variable_get(name), self.let_go)
+
+    async def _variable_get(self, name: str) -> Any:
+        reply = await self._ask("variable_get", name=name, client=self._client.id)
+        if reply is MISSING or reply is NOTHING:
+            return reply
+        record = reply["record"]
         if record["type"] != "Future":
             return _unpacked(record["value"])
         # As Dask's Variable: this client holds the key, then confirms it got it.
-        future: distributed.Future[Any] = distributed.Future(record["value"], self._client)
+        future = self._future(record)
         self._client._send_to_scheduler(
             {
                 "op": "variable-future-received-confirm",
@@ -129,8 +184,9 @@ class Exchange:
         )
         return future
 
-    async def variable_delete(self, name: str) -> None:
-        distributed.Variable(name, client=self._client).delete()
+    async def variable_delete(self, name: str) -> Any:
+        reply = await self._ask("variable_delete", name=name)
+        return reply if reply is MISSING else None
 
     async def event_wait(self, name: str) -> bool:
         """Whether the event ``name`` was set within :data:`PATIENCE`. May be cancelled:
@@ -146,11 +202,72 @@ class Exchange:
         flag: bool = await distributed.Event(name, client=self._client).is_set()
         return flag
 
-    async def _queue(self, name: str, maxsize: int) -> None:
-        """Make the queue ``name`` on the scheduler, once for this client (``maxsize``
-        counts only if it is new there)."""
-        await self._ensure(None, self._register)
-        await self._ensure(name, self._scheduler.queue_create, name=name, maxsize=maxsize)
+    async def close(self) -> None:
+        """Wait for the requests left to finish; put the items kept back in their queues."""
+        if self._left:
+            await asyncio.wait(list(self._left), timeout=10)
+        for name, kept in self._kept.items():
+            while kept:
+                item = kept.popleft()
+                if not await self._put_back(name, item):
+                    logger.warning("an item of the queue %r was lost at exit", name)
+                self.let_go(item)
+
+    async def _put_back(self, name: str, item: Any) -> bool:
+        """Put ``item`` at the end of its queue; ``False`` if that failed (for 5 s)."""
+        for _ in range(25):
+            if self._client.status != "running":
+                return False
+            with contextlib.suppress(Exception):
+                await self.ready()
+                if await self.queue_put(name, 0, item) is None:
+                    return True
+        return False
+
+    async def _ask(self, op: str, /, **arguments: Any) -> Any:
+        """The reply of the scheduler's handler ``op``; :data:`MISSING` if it has none
+        (the handlers are then registered again on the next :meth:`ready`), :data:`NOTHING`
+        if it waited :data:`PROMPT` for nothing."""
+        ask = getattr(self._scheduler, handler(op))
+        seconds = {} if op in ("queue_size", "variable_delete") else {"seconds": PROMPT}
+        reply = await ask(**arguments, **seconds)
+        if reply is None:  # (a scheduler that restarted: the handlers are gone)
+            self._registered = None
+            return MISSING
+        if reply == EMPTY and op != "queue_put":
+            return NOTHING
+        return reply
+
+    async def _taking(self, request: Awaitable[Any], kept: Callable[[Any], object]) -> Any:
+        """``await request``; if this is cancelled, the request goes on, and ``kept(value)``
+        takes what it got."""
+        task = asyncio.ensure_future(request)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._left.add(task)
+            task.add_done_callback(lambda done: self._left_over(done, kept))
+            raise
+
+    def _left_over(self, task: asyncio.Future[Any], kept: Callable[[Any], object]) -> None:
+        self._left.discard(task)
+        if not task.cancelled() and task.exception() is None:
+            kept(task.result())
+
+    def _future(self, record: dict[str, Any]) -> distributed.Future[Any]:
+        """A future of the record's key, in the state the record says (as Dask's own). A
+        key the scheduler forgot (``"lost"``: cancelled by force while in the queue) is
+        cancelled here: Dask's own future would wait for it for good."""
+        future: distributed.Future[Any] = distributed.Future(
+            record["value"], self._client, state=record["state"]
+        )
+        state = future._state
+        assert state is not None
+        if record["state"] == "erred":
+            state.set_error(record["exception"], record["traceback"])
+        elif record["state"] == "lost":
+            state.cancel(reason=FORGOTTEN, msg=FORGOTTEN)
+        return future
 
     async def _register(self) -> None:
         try:
@@ -162,28 +279,9 @@ class Exchange:
                 "(Dask's distributed.scheduler.pickle, true by default)"
             ) from error
 
-    async def _ensure(self, what: str | None, make: Any, **arguments: Any) -> None:
-        """Run ``make(**arguments)`` once, until it succeeds."""
-        made = self._ready.get(what)
-        if made is None:
-            made = self._ready[what] = asyncio.ensure_future(make(**arguments))
-        try:
-            await asyncio.shield(made)
-        except Exception:
-            if made.done() and self._ready.get(what) is made:
-                del self._ready[what]  # (the next use tries again)
-            raise
-
-
-async def _bounded(request: Any) -> Any:
-    """``await request``, given up after its wait on the scheduler plus
-    :data:`GIVE_UP_AFTER`: the reply was lost with the connection. A :exc:`TimeoutError`
-    of the request itself (the scheduler's) passes through."""
-    deadline = asyncio.timeout(PROMPT + GIVE_UP_AFTER)
-    try:
-        async with deadline:
-            return await request
-    except TimeoutError:
-        if deadline.expired():
-            raise ConnectionError("the scheduler did not answer") from None
-        raise
+    @property
+    def _scheduler(self) -> Any:
+        scheduler = self._client.scheduler
+        if scheduler is None:
+            raise RuntimeError("the Dask client is not connected to a scheduler")
+        return scheduler

@@ -6,12 +6,15 @@ A request that takes something (an item, a variable's value, a place in a full q
 shielded from cancellation: it waits on the scheduler for ``_exchange.PROMPT`` at most and
 ends with what it got, which the caller receives even if it was cancelled meanwhile; the
 cancellation is raised between requests. So a cancelled ``get`` either returns its item or
-leaves it in the queue, and a caller notices a cancellation within ``PROMPT``. An event's
-wait takes nothing, and stops at once.
+leaves it in the queue, and a caller notices a cancellation within ``PROMPT`` while the
+scheduler answers promptly. An event's wait takes nothing, and stops at once. (asyncio's
+own cancellation passes the shield: the core then keeps what the request took, see
+``_exchange``.)
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVarTuple
 
@@ -19,7 +22,7 @@ import anyio
 import anyio.lowlevel
 import distributed
 
-from ._exchange import NOTHING
+from ._exchange import MISSING, NOTHING, PROMPT, UNKNOWN
 from ._handle import TaskHandle, check_owner, map_handles
 
 if TYPE_CHECKING:
@@ -29,16 +32,21 @@ __all__ = ["Event", "Queue", "Variable"]
 
 Ts = TypeVarTuple("Ts")
 
+#: How long a put waits for the scheduler to know the key of a handle before it gives up.
+_UNKNOWN_FOR = 5.0
+
 
 def _to_dask(scope: ExecutorScope, value: Any, what: str) -> Any:
     """``value`` as Dask's queues and variables take it: a handle of this executor as its
     future (its data stays on the cluster), anything else as it is.
 
-    :raises ValueError: for a handle of another executor.
+    :raises ValueError: for a handle of another executor, or of a cancelled task.
     :raises TypeError: for handles inside a value.
     """
     if isinstance(value, TaskHandle):
         check_owner(value, scope.table)
+        if value.cancelled():
+            raise ValueError(f"{what} takes a handle whose task is not cancelled, not {value!r}")
         return scope.table.future_of(value)
     found: list[TaskHandle[Any]] = []
     map_handles(value, found.append)
@@ -57,22 +65,59 @@ def _from_dask(scope: ExecutorScope, value: Any) -> Any:
     return value
 
 
-async def _until_done(
-    scope: ExecutorScope, request: Callable[[*Ts], Awaitable[Any]], *args: *Ts
-) -> Any:
-    """Send ``request(*args)`` until it gets something, each time shielded (see the module's
-    docstring): a checkpoint between requests, not in them."""
+async def _once(scope: ExecutorScope, request: Callable[[*Ts], Awaitable[Any]], *args: *Ts) -> Any:
+    """``request(*args)``, a checkpoint first, the handlers registered on the scheduler if it
+    lacks them: for the requests that take nothing."""
     await anyio.lowlevel.checkpoint_if_cancelled()
     while True:
         scope.gate.check_open()
-        scope.check_connected()
+        await _ready(scope)
+        reply = await scope.runner.run(request, *args)
+        if reply is not MISSING:
+            return reply
+
+
+async def _ready(scope: ExecutorScope) -> None:
+    """The handlers registered on the scheduler (a request that cancellation may stop)."""
+    scope.check_connected()
+    try:
+        await scope.runner.run(scope.core.exchange.ready)
+    except OSError:  # (Dask's CommClosedError among them)
+        scope.check_connected()  # SchedulerLost, if that is what it was
+        raise
+
+
+async def _until_done(
+    scope: ExecutorScope,
+    request: Callable[[*Ts], Awaitable[Any]],
+    *args: *Ts,
+    dropped: Callable[[Any], object] | None = None,
+) -> Any:
+    """Send ``request(*args)`` until it gets something, each time shielded (see the module's
+    docstring): a checkpoint between requests, not in them. ``dropped`` takes what a
+    request got for a caller cancelled all the same (by asyncio, through the shield).
+
+    :raises ValueError: if the scheduler does not know a handle's key (see UNKNOWN).
+    """
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    unknown = 0
+    while True:
+        scope.gate.check_open()
+        await _ready(scope)
         with scope.gate.call_under_way(), anyio.CancelScope(shield=True):
             try:
-                got = await scope.runner.run(request, *args)
+                got = await scope.runner.run(request, *args, dropped=dropped)
             except OSError:  # (Dask's CommClosedError among them)
-                scope.check_connected()  # SchedulerLost, if that is what it was
+                scope.check_connected()
                 raise
-            if got is not NOTHING:
+            if got is UNKNOWN:
+                unknown += 1
+                if unknown * PROMPT >= _UNKNOWN_FOR:
+                    raise ValueError(
+                        f"the scheduler does not know the task of the handle put, for "
+                        f"{_UNKNOWN_FOR:g} s: it was cancelled or released"
+                    )
+            elif got is not NOTHING and got is not MISSING:
                 return _from_dask(scope, got)
         await anyio.lowlevel.checkpoint_if_cancelled()
 
@@ -82,25 +127,33 @@ class Queue:
 
     Made by :meth:`DaskExecutor.queue`; not created directly. Items are handles of this
     executor (the queue then holds the task's key, and its data stays on the cluster) or
-    small values (they travel through the scheduler, as Dask's ``Queue`` items do).
+    small values (they travel through the scheduler). Handles, strings, bytes, numbers,
+    booleans and ``None`` are shared with Dask's own ``Queue`` of the name; other values
+    travel pickled, which Dask's ``Queue`` returns as a one-key dict.
 
     :meth:`get` and :meth:`put` are checkpoints and cancel-safe: a cancelled :meth:`get`
     either returned its item or left it in the queue, in its place; a cancelled :meth:`put`
-    either put its item or did not. Either notices a cancellation within 0.2 s. The queue
-    lives on the scheduler as long as the scheduler does (as Dask's), its items with it.
+    either put its item (and returned) or did not. Either notices a cancellation within
+    0.2 s while the scheduler answers promptly. Under asyncio's own cancellation
+    (``asyncio.timeout``), an item taken as the get was cancelled is kept for this
+    executor's next get, or put back at the end of the queue when the executor exits. The
+    queue lives on the scheduler as long as the scheduler does (as Dask's), its items with
+    it.
     """
 
     def __init__(self, scope: ExecutorScope, name: str, maxsize: int) -> None:
         self._scope = scope
         #: The queue's name on the scheduler.
         self.name: str = name
-        #: The most items it holds (0: no limit) if this executor made it on the scheduler.
+        #: The bound asked for (0: none). It counts only if the queue is new on the
+        #: scheduler when this object's first request reaches it.
         self.maxsize: int = maxsize
 
     async def put(self, item: Any) -> None:
         """Put ``item`` at the end of the queue; wait while it is full. Checkpoint.
 
-        :raises ValueError: for a handle of another executor.
+        :raises ValueError: for a handle of another executor, or of a cancelled task (also
+            if the scheduler does not know its task for 5 s).
         :raises TypeError: for a value with handles inside.
         """
         value = _to_dask(self._scope, item, "put()")
@@ -111,15 +164,16 @@ class Queue:
     async def get(self) -> Any:
         """Take the first item of the queue; wait while it is empty. Checkpoint. A handle
         comes back as a handle of this executor, which owns it from then on."""
+        exchange = self._scope.core.exchange
+        keep = functools.partial(exchange.keep, self.name)
         return await _until_done(
-            self._scope, self._scope.core.exchange.queue_get, self.name, self.maxsize
+            self._scope, exchange.queue_get, self.name, self.maxsize, dropped=keep
         )
 
     async def qsize(self) -> int:
         """How many items the queue holds now. Checkpoint."""
-        scope = self._scope
-        scope.gate.check_open()
-        size: int = await scope.runner.run(scope.core.exchange.queue_size, self.name, self.maxsize)
+        exchange = self._scope.core.exchange
+        size: int = await _once(self._scope, exchange.queue_size, self.name, self.maxsize)
         return size
 
     def __repr__(self) -> str:
@@ -149,18 +203,21 @@ class Variable:
         scope = self._scope
         scope.gate.check_open()
         dask_value = _to_dask(scope, value, "set()")
+        await anyio.lowlevel.checkpoint_if_cancelled()
         await scope.runner.run(scope.core.exchange.variable_set, self.name, dask_value)
 
     async def get(self) -> Any:
         """The variable's value; wait until it has one. Checkpoint. A handle comes back as a
         handle of this executor, which owns it from then on."""
-        return await _until_done(self._scope, self._scope.core.exchange.variable_get, self.name)
+        exchange = self._scope.core.exchange
+        return await _until_done(
+            self._scope, exchange.variable_get, self.name, dropped=exchange.let_go
+        )
 
     async def delete(self) -> None:
-        """Delete the variable from the scheduler, and let its value go. Checkpoint."""
-        scope = self._scope
-        scope.gate.check_open()
-        await scope.runner.run(scope.core.exchange.variable_delete, self.name)
+        """Delete the variable from the scheduler, and let its value go (and every handle
+        value it held). Checkpoint; returns once the scheduler has deleted it."""
+        await _once(self._scope, self._scope.core.exchange.variable_delete, self.name)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -171,7 +228,9 @@ class Event:
 
     Made by :meth:`DaskExecutor.event`; not created directly. :meth:`wait` is a checkpoint
     and stops at once when cancelled; the request it leaves on the scheduler ends within a
-    second (Dask's own ``Event.wait`` leaves its waiter there until the event is set).
+    second (Dask's own ``Event.wait`` leaves its waiter there until the event is set). A
+    wait asks the scheduler again every second: a set and a clear that both fall between
+    two of its requests (a millisecond apart) go unseen by it.
     """
 
     def __init__(self, scope: ExecutorScope, name: str) -> None:
@@ -186,11 +245,15 @@ class Event:
         while True:
             scope.gate.check_open()
             scope.check_connected()
-            if await scope.runner.run(scope.core.exchange.event_wait, self.name):
-                return
+            try:
+                if await scope.runner.run(scope.core.exchange.event_wait, self.name):
+                    return
+            except OSError:  # (Dask's CommClosedError among them)
+                scope.check_connected()
+                raise
 
     async def set(self) -> None:
-        """Set the event: every waiter wakes, and later waits return at once. Checkpoint."""
+        """Set the event: the waits wake, and later waits return at once. Checkpoint."""
         await self._flag(True)
 
     async def clear(self) -> None:
@@ -201,12 +264,14 @@ class Event:
         """Whether the event is set. Checkpoint."""
         scope = self._scope
         scope.gate.check_open()
-        flag: bool = await scope.runner.run(scope.core.exchange.event_is_set, self.name)
-        return flag
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        is_set: bool = await scope.runner.run(scope.core.exchange.event_is_set, self.name)
+        return is_set
 
     async def _flag(self, flag: bool) -> None:
         scope = self._scope
         scope.gate.check_open()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         await scope.runner.run(scope.core.exchange.event_set, self.name, flag)
 
     def __repr__(self) -> str:
