@@ -75,6 +75,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         ("locks.py", {}, "[0, 1, 4, 9, 16, 25] timed out: True\n"),
         ("sharing.py", {}, "[100, 101, 104, 109, 116, 125] timed out: True\n"),
         ("actors.py", {}, "[0, 10, 20] 30 [1, 11] calls: 6\n"),
+        ("diagnostics.py", {"n": 4}, "4 tasks, total 1337342006, report True; "),
     ],
 )
 async def test_howto(

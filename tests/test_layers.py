@@ -40,6 +40,7 @@ LAYERS = {
         "_primitives",
         "_shared",
         "_actor",
+        "_reports",
         "_show",
         "_lifetime",
         "_coordination",

@@ -15,8 +15,8 @@ order is in ``tests/test_layers.py``, which fails on an import that points up):
   state record), ``_options``, ``_gate``, ``_watch``, ``_tasks`` (the task table), ``_fetch``,
   the iterators (``_completed``, ``_streams``), ``_scope`` (entering and the exit rules),
   ``_work``, the scheduler's primitives (``_primitives``: locks and semaphores; ``_shared``:
-  queues, events, variables; ``_actor``), and the façade :class:`DaskExecutor` (``_lifetime``,
-  ``_coordination``, ``_executor``).
+  queues, events, variables; ``_actor``), diagnostics (``_reports``), and the façade
+  :class:`DaskExecutor` (``_lifetime``, ``_coordination``, ``_executor``).
 * ``_cli`` and ``_demo``: the ``dask anyio`` command line.
 """
 
@@ -33,6 +33,8 @@ from ._primitives import Semaphore as Semaphore
 from ._remote import CancelledOnWorker as CancelledOnWorker
 from ._remote import checkpoint as checkpoint
 from ._remote import kill_on_cancel as kill_on_cancel
+from ._reports import PerformanceReport as PerformanceReport
+from ._reports import TaskStream as TaskStream
 from ._shared import Event as Event
 from ._shared import Queue as Queue
 from ._shared import Variable as Variable
@@ -46,6 +48,7 @@ __all__ = [
     "Event",
     "ExecutorStatistics",
     "Lock",
+    "PerformanceReport",
     "Queue",
     "ResultStream",
     "SchedulerLost",
@@ -53,6 +56,7 @@ __all__ = [
     "TaskCancelled",
     "TaskHandle",
     "TaskStatus",
+    "TaskStream",
     "Variable",
     "checkpoint",
     "kill_on_cancel",

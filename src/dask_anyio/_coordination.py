@@ -1,15 +1,19 @@
 """anyio front end: the part of :class:`~dask_anyio.DaskExecutor` that coordinates work
 through the scheduler and its workers (its base class :class:`ExecutorCoordination`):
-locks, semaphores, queues, events and variables, cancel-safe; actors."""
+locks, semaphores, queues, events and variables, cancel-safe; actors; the scheduler's
+diagnostics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from ._actor import Actor, make_actor
+from ._handle import TaskHandle
 from ._lifetime import ExecutorLifetime
 from ._primitives import Lock, Semaphore, check_name
+from ._reports import PerformanceReport, TaskStream, calling_code, progress
 from ._shared import Event, Queue, Variable
 
 __all__ = ["ExecutorCoordination"]
@@ -93,3 +97,51 @@ class ExecutorCoordination(ExecutorLifetime):
         :raises TypeError: if ``cls`` is not a class.
         """
         return await make_actor(self._scope, cls, args, kwargs)  # type: ignore[arg-type]
+
+    def performance_report(
+        self,
+        filename: str = "dask-report.html",
+        *,
+        mode: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> PerformanceReport:
+        """``async with ex.performance_report("report.html"):``: Dask's performance report
+        of what the cluster did while the block ran (the dashboard's plots, the profile,
+        the calling code), written to ``filename`` (a path, or a URL with
+        ``storage_options`` for fsspec) however the block is left. Entering is a
+        checkpoint. Needs bokeh where the scheduler runs (the ``dashboard`` extra).
+
+        :raises TypeError: if ``filename`` is not a string.
+        """
+        self._scope.gate.check_open()
+        if not isinstance(filename, str) or not filename:
+            raise TypeError(f"performance_report() needs a file name, not {filename!r}")
+        frame = inspect.currentframe()
+        code = calling_code(frame.f_back if frame is not None else None)
+        return PerformanceReport(self._scope, filename, mode, storage_options or {}, code)
+
+    def task_stream(
+        self, *, plot: bool | Literal["save"] = False, filename: str = "task-stream.html"
+    ) -> TaskStream:
+        """``async with ex.task_stream() as ts:``: the tasks that ran while the block ran,
+        in ``ts.data`` once it is left (one dict per task run, as Dask's
+        ``get_task_stream``); with ``plot=True`` a bokeh figure in ``ts.figure``, and with
+        ``plot="save"`` also saved to ``filename``. Entering is a checkpoint."""
+        self._scope.gate.check_open()
+        if plot not in (True, False, "save"):
+            raise ValueError(f'plot must be True, False or "save", not {plot!r}')
+        return TaskStream(self._scope, plot, filename)
+
+    async def progress(
+        self, handles: Iterable[TaskHandle[Any]], /, *, description: str | None = None
+    ) -> None:
+        """Show a progress bar of ``handles`` until all are done (as Dask's
+        ``progress(futures)``): tqdm's, a widget in a notebook, text on stderr otherwise,
+        hidden if stderr is not a terminal; failed and cancelled tasks count as done and
+        are shown as failed. Checkpoint. It observes no failure: await the handles
+        afterwards as usual. Cancelling it leaves the tasks as they are.
+
+        :raises ValueError: for a handle of another executor.
+        """
+        self._scope.gate.check_open()
+        await progress(self._scope, handles, description)

@@ -29,12 +29,14 @@ from dask_anyio import (
     Event,
     ExecutorStatistics,
     Lock,
+    PerformanceReport,
     Queue,
     ResultStream,
     Semaphore,
     TaskCancelled,
     TaskHandle,
     TaskStatus,
+    TaskStream,
     Variable,
     checkpoint,
     kill_on_cancel,
@@ -250,3 +252,13 @@ async def check_shared(ex: DaskExecutor) -> None:
     assert_type(tally.handle, TaskHandle[Any])
     await tally.call(Tally.add, "two")  # type: ignore[call-overload]
     await ex.actor(Tally, "one")  # type: ignore[arg-type]
+
+
+async def check_diagnostics(ex: DaskExecutor, handle: TaskHandle[int]) -> None:
+    async with ex.performance_report("report.html") as report:
+        assert_type(report, PerformanceReport)
+    async with ex.task_stream(plot="save") as ts:
+        assert_type(ts, TaskStream)
+    assert_type(ts.data, list[dict[str, Any]])
+    assert_type(await ex.progress([handle], description="work"), None)
+    ex.task_stream(plot="yes")  # type: ignore[arg-type]
