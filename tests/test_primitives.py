@@ -10,6 +10,8 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
+import dask
 import distributed
 import pytest
 
@@ -217,3 +219,35 @@ async def test_bad_use_is_named(external_cluster: ExternalCluster) -> None:
                 await lock.acquire()
     with pytest.raises(RuntimeError, match="cannot be used any more"):
         ex.lock(name)
+
+
+async def test_a_lease_held_past_its_timeout_is_refreshed() -> None:
+    """The executor refreshes the leases it holds, as Dask's Semaphore does: a lock held
+    for three lease timeouts is still held (another client cannot take it), then taken at
+    once when released. Without the refresh the scheduler lets it go after one timeout."""
+    quick = {
+        "distributed.scheduler.locks.lease-timeout": "1s",
+        "distributed.scheduler.locks.lease-validation-interval": "100ms",
+    }
+    name = _name("lock")
+    with dask.config.set(quick):
+        cluster = await anyio.to_thread.run_sync(_small_cluster)
+        try:
+            async with (
+                DaskExecutor(cluster.scheduler_address) as ex,
+                DaskExecutor(cluster.scheduler_address) as other,
+            ):
+                async with ex.lock(name):
+                    await anyio.sleep(3.0)  # (the time that passes is what is tested)
+                    with anyio.move_on_after(0.5) as scope:
+                        await other.lock(name).acquire()
+                    assert scope.cancelled_caught, "the lease was let go while held"
+                await _free(other, name)
+        finally:
+            await anyio.to_thread.run_sync(cluster.close)
+
+
+def _small_cluster() -> distributed.LocalCluster:
+    return distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+    )
