@@ -103,9 +103,9 @@ class DaskCore:
         self._done: dict[Callable[[list[Any]], object], list[Any]] = {}
         self._transfers = Transfers(self.client)
         #: Leases (locks, semaphores); queues, events and variables; actors: the core's parts.
-        self.leases = Leases(self.client)
-        self.exchange = Exchange(self.client)
-        self.actors = Actors(self.client)
+        self.leases: Leases = Leases(self.client)
+        self.exchange: Exchange = Exchange(self.client)
+        self.actors: Actors = Actors(self.client)
 
     # -- opening and closing ---------------------------------------------------------------
 
