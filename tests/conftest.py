@@ -232,6 +232,12 @@ def external_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exter
     yield from _external_cluster(tmp_path_factory.mktemp("external"))
 
 
+@pytest.fixture(scope="session")
+def tree_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalCluster]:
+    """A scheduler and two workers of one thread each: fewer slots than a tree has tasks."""
+    yield from _external_cluster(tmp_path_factory.mktemp("tree"), nthreads=1)
+
+
 @dataclass(frozen=True)
 class Certificates:
     ca: Path

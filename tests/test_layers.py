@@ -15,11 +15,20 @@ LAYERS = {
     # what the whole package may use; imports nothing of it
     "foundation": ["_errors", "_logs", "_diagnose", "_client"],
     # worker side: runs in Dask's workers and their children
-    "worker": ["_child", "_remote"],
+    "worker": ["_child", "_running", "_remote"],
     # scheduler side: handlers that a plugin adds to the scheduler
     "scheduler": ["_on_scheduler"],
     # asyncio core: one distributed.Client on one asyncio loop; no anyio
-    "core": ["_forget", "_transfer", "_leases", "_exchange", "_actors", "_connect", "_core"],
+    "core": [
+        "_forget",
+        "_transfer",
+        "_leases",
+        "_exchange",
+        "_actors",
+        "_connect",
+        "_core",
+        "_owned",
+    ],
     # the thread bridge: the one primitive that crosses threads
     "bridge": ["_bridge"],
     # anyio front end, on the caller's loop: state, then its parts, then the façade
@@ -45,6 +54,7 @@ LAYERS = {
         "_lifetime",
         "_coordination",
         "_executor",
+        "_subtasks",
         "__init__",
     ],
     # the `dask anyio` command line, over the public API

@@ -4,7 +4,8 @@ Layers, lowest first; a module uses only the public names of the modules below i
 order is in ``tests/test_layers.py``, which fails on an import that points up):
 
 * shared: ``_errors`` (exceptions, cancel reasons), ``_logs``, ``_diagnose``, ``_client``.
-* worker side: ``_child``, ``_remote`` (``checkpoint``, ``kill_on_cancel``), run in workers.
+* worker side: ``_child``, ``_running`` (the running task, as its code sees it), ``_remote``
+  (``checkpoint``, ``kill_on_cancel``), run in workers.
 * ``_forget``, ``_transfer``, ``_leases``, ``_exchange``, ``_connect``, ``_core``: the
   asyncio core, one asynchronous :class:`distributed.Client` (and perhaps a cluster) on one
   asyncio loop. Knows nothing of anyio or trio.
@@ -16,7 +17,8 @@ order is in ``tests/test_layers.py``, which fails on an import that points up):
   the iterators (``_completed``, ``_streams``), ``_scope`` (entering and the exit rules),
   ``_work``, the scheduler's primitives (``_primitives``: locks and semaphores; ``_shared``:
   queues, events, variables; ``_actor``), diagnostics (``_reports``), and the façade
-  :class:`DaskExecutor` (``_lifetime``, ``_coordination``, ``_executor``).
+  :class:`DaskExecutor` (``_lifetime``, ``_coordination``, ``_executor``), then task trees
+  (``_subtasks``: executors owned by a task on a worker).
 * ``_cli`` and ``_demo``: the ``dask anyio`` command line.
 """
 
@@ -39,6 +41,8 @@ from ._shared import Event as Event
 from ._shared import Queue as Queue
 from ._shared import Variable as Variable
 from ._streams import ResultStream as ResultStream
+from ._subtasks import run_async as run_async
+from ._subtasks import subtasks as subtasks
 
 __all__ = [
     "Actor",
@@ -60,5 +64,7 @@ __all__ = [
     "Variable",
     "checkpoint",
     "kill_on_cancel",
+    "run_async",
+    "subtasks",
 ]
 __version__ = "0.1.0.dev0"

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - anyio then tells asyncio by its runnin
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-__all__ = ["CoreRunner", "LoopToken", "current_loop_token", "open_core_runner"]
+__all__ = ["CoreRunner", "LoopToken", "current_loop_token", "open_core_runner", "run_on_loop"]
 
 LOOP_THREAD_NAME = "dask-anyio-loop"
 
@@ -189,6 +189,19 @@ async def _run_as_core_task(
     # The task is done, and its done-callback ran on the core loop before ``done`` was set
     # on this thread: reading its outcome here is safe.
     return task.result()
+
+
+async def run_on_loop(
+    loop: LoopToken,
+    fn: Callable[[*Ts], Awaitable[T]],
+    *args: *Ts,
+    dropped: Callable[[T], object] | None = None,
+) -> T:
+    """Run the coroutine ``fn(*args)`` on the asyncio loop ``loop`` (another thread's) and
+    return its result, as :meth:`CoreRunner.run` does for the core loop: a checkpoint, and a
+    cancelled caller cancels the coroutine and waits for it to end (``dropped`` gets a result
+    it returned all the same, on ``loop``)."""
+    return await _run_as_core_task(current_loop_token(), loop, fn, *args, dropped=dropped)
 
 
 class _SameLoopRunner:

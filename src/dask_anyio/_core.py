@@ -116,17 +116,20 @@ class DaskCore:
         return cls(await open_connection(**arguments))
 
     async def close(self) -> None:
-        """Release the leases held, put back the queue items kept, then close what this
-        core owns: client, cluster."""
+        """Close the core's parts, then what this core owns: client, cluster."""
         connection = self._connection
         try:
-            await self.leases.close()
-            await self.exchange.close()
+            await self._close_parts()
         finally:
             if connection.owns_client:
                 await self.client.close()
             if connection.owns_cluster and connection.cluster is not None:
                 await connection.cluster.close()
+
+    async def _close_parts(self) -> None:
+        """Before the client closes: release the leases held, put back the items kept."""
+        await self.leases.close()
+        await self.exchange.close()
 
     @property
     def scheduler_address(self) -> str | None:

@@ -474,11 +474,16 @@ async def _open_dask_core(source: Source, address: str | None) -> DaskCore:
 
 
 def executor_over(
-    open_runner: RunnerOpener, open_core: CoreOpener, *, confirm_batch: int = CONFIRM_BATCH
+    open_runner: RunnerOpener,
+    open_core: CoreOpener,
+    *,
+    source: Source | None = None,
+    confirm_batch: int = CONFIRM_BATCH,
 ) -> DaskExecutor:
     """A :class:`DaskExecutor` over another runner and core: the seam of the collaboration
-    tests, whose fake core runs on the caller's loop. ``confirm_batch``: how many released
-    keys to confirm with the scheduler at once."""
+    tests (whose fake core runs on the caller's loop) and of task trees (whose core holds a
+    marker). ``source``: where it connects, as its repr says; ``confirm_batch``: how many
+    released keys to confirm with the scheduler at once."""
     executor = DaskExecutor()
-    executor._scope = ExecutorScope(Source(), open_runner, open_core, confirm_batch)
+    executor._scope = ExecutorScope(source or Source(), open_runner, open_core, confirm_batch)
     return executor

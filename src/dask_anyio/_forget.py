@@ -13,14 +13,20 @@ from typing import Any
 import distributed
 from distributed.comm.core import CommClosedError
 
-__all__ = ["FORGET_TIMEOUT", "wait_forgotten"]
+__all__ = ["FORGET_TIMEOUT", "NEVER", "marker_of", "wait_forgotten"]
 
 logger = logging.getLogger("dask_anyio")
 
 #: How long cleanup waits for the scheduler to confirm that it forgot our keys.
 FORGET_TIMEOUT = 10.0
 #: A resource no worker has: a task that needs it is received by the scheduler, never run.
-_NEVER = {"dask-anyio-barrier": 1}
+NEVER = {"dask-anyio-barrier": 1}
+
+
+def marker_of(key: Any) -> str | None:
+    """The *marker* of the task ``key``: a key that a subtasks scope of that task holds
+    (:mod:`._owned`) from its start until its children are forgotten and it is closed."""
+    return f"dask-anyio-subtasks-{key}" if isinstance(key, str) else None
 
 
 async def wait_forgotten(
@@ -49,10 +55,17 @@ async def wait_forgotten(
     That is not ours to wait for. Polls with a short, growing interval for
     ``give_up_after`` seconds (the requests included), then warns with the keys this
     client still refers to (a future the user kept, say).
+
+    A task cancelled before it finished may still be closing a subtasks scope on its worker:
+    until that scope's children are forgotten too, it holds the task's *marker*
+    (:func:`marker_of`), which is waited for here. A marker that the scheduler does not hold
+    is none to wait for: a scope that started after its task was cancelled on the scheduler
+    gives up before it starts any task (:mod:`._owned`).
     """
     remaining = list(keys)
     if not remaining or client.status != "running":
         return
+    markers = [m for k in remaining if k not in arrived and (m := marker_of(k)) is not None]
     scheduler = client.scheduler
     assert scheduler is not None
     seen: set[Any] = set(arrived)
@@ -62,13 +75,14 @@ async def wait_forgotten(
     try:
         async with asyncio.timeout(give_up_after):
             while True:
-                query = remaining if barrier is None else [*remaining, barrier.key]
+                query = [*remaining, *markers] + ([] if barrier is None else [barrier.key])
                 try:
                     states = await scheduler.get_task_status(keys=query)
                 except (OSError, CommClosedError):
                     logger.debug("scheduler unreachable while releasing keys", exc_info=True)
                     return
                 held = {k for k, st in states.items() if st not in (None, "forgotten")}
+                markers = [m for m in markers if m in held]
                 if barrier is not None and barrier.key in held:
                     # Everything sent before the barrier has arrived: what is absent
                     # now is gone, what is held is someone else's (see above). Let the
@@ -84,15 +98,23 @@ async def wait_forgotten(
                     barrier, barrier_passed = None, True
                 seen.update(held)
                 remaining = [k for k in remaining if k in held or k not in seen]
-                if not remaining:
+                if not remaining and not markers:
                     return
                 if barrier is None and not barrier_passed:
                     barrier = client.submit(
-                        int, key=f"dask-anyio-barrier-{uuid.uuid4()}", resources=_NEVER
+                        int, key=f"dask-anyio-barrier-{uuid.uuid4()}", resources=NEVER
                     )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
     except TimeoutError:
+        if not remaining:
+            warnings.warn(
+                f"{len(markers)} cancelled task(s) still close their subtasks scopes after "
+                f"{give_up_after:g} s, for example {markers[0]!r}",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+            return
         warnings.warn(
             f"the scheduler still holds {len(remaining)} released key(s) after "
             f"{give_up_after:g} s, for example {remaining[0]!r}; another client may want "

@@ -24,39 +24,24 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import cloudpickle
 from dask.context import thread_state
-from distributed import Reschedule, Worker, WorkerPlugin, get_worker
+from distributed import Worker, get_worker
 from distributed.core import Status
 
 from . import _child
+from ._running import RUNNING_STATES, CancelledOnWorker, RunningTask, running_as, watch_task
 
 __all__ = ["CancelledOnWorker", "checkpoint", "kill_on_cancel", "new_actor", "run_coroutine"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: States of a task that its worker still wants to run. A cancelled running task is
-#: ``cancelled``, or ``resumed`` if its key is wanted again as data from elsewhere.
-_RUNNING = frozenset({"executing", "long-running"})
-
 #: Per worker thread: the task last checked (key, start time) and the worker's state of it.
 _checked = threading.local()
-
-
-class CancelledOnWorker(Reschedule):
-    """Raised by :func:`checkpoint` in a task that the scheduler cancelled or released.
-
-    Let it propagate out of the task. It subclasses :exc:`distributed.Reschedule`, which the
-    worker handles without logging an error: the task ends, its worker thread is free again,
-    and nothing is reported (if someone wants the key again, Dask runs the task again). It
-    is an :exc:`Exception`: a bare ``except Exception`` in the task would catch it, but the
-    next :func:`checkpoint` raises it again.
-    """
 
 
 def checkpoint() -> None:
@@ -84,7 +69,7 @@ def checkpoint() -> None:
     if checked is None or checked[0] is not key or checked[1] is not started:
         checked = _checked.task = (key, started, _task_state(key))
     state = checked[2]
-    if state is None or state.state not in _RUNNING:
+    if state is None or state.state not in RUNNING_STATES:
         raise CancelledOnWorker(f"task {key!r} was cancelled")
 
 
@@ -108,46 +93,6 @@ _ALWAYS_RUNNING = _Running()
 # -- coroutine tasks ------------------------------------------------------------------------
 
 
-class _CancelWatch(WorkerPlugin):
-    """Calls a task's callback when the worker stops wanting the task. Its ``transition``
-    hook runs on the worker's event loop, right after each transition of a task."""
-
-    name = "dask-anyio-cancel-watch"
-
-    def __init__(self) -> None:
-        self.callbacks: dict[Any, Callable[[], object]] = {}
-        self.ready = asyncio.Event()  # set once installed, or once that failed
-        self.error: BaseException | None = None
-
-    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        callback = self.callbacks.get(key)
-        if callback is not None and finish not in _RUNNING:
-            callback()
-
-
-#: One watch per worker (a process may hold several workers: LocalCluster with threads).
-_watches: weakref.WeakKeyDictionary[Worker, _CancelWatch] = weakref.WeakKeyDictionary()
-
-
-async def _cancel_watch(worker: Worker) -> _CancelWatch:
-    watch = _watches.get(worker)
-    if watch is None:  # the first coroutine task of this worker installs it
-        watch = _watches[worker] = _CancelWatch()
-        try:
-            await worker.plugin_add(watch, name=_CancelWatch.name, catch_errors=False)
-        except BaseException as error:  # the tasks waiting fail; a later one tries again
-            watch.error = error
-            if _watches.get(worker) is watch:
-                del _watches[worker]
-            raise
-        finally:
-            watch.ready.set()
-    await watch.ready.wait()
-    if watch.error is not None:
-        raise RuntimeError("dask-anyio could not watch this worker's tasks") from watch.error
-    return watch
-
-
 async def run_coroutine(
     key: Any,
     fn: Callable[..., Coroutine[Any, Any, Any]],
@@ -162,20 +107,26 @@ async def run_coroutine(
     would lose the worker's record of it (the thread slot would never be freed).
     """
     worker = get_worker()
-    watch = await _cancel_watch(worker)
-    inner = asyncio.ensure_future(fn(*args, **kwargs))
+    task = RunningTask(key, worker, on_loop=True)
+    inner: asyncio.Task[Any] | None = None
     stopped = False
 
     def stop() -> None:
         nonlocal stopped
         stopped = True
-        inner.cancel()
+        # The subtasks scopes that the coroutine holds are cancelled instead: their exits
+        # cancel the children on the scheduler, then raise CancelledOnWorker.
+        if not task.stop() and inner is not None:
+            inner.cancel()
 
-    watch.callbacks[key] = stop
+    unwatch = await watch_task(worker, key, stop)
     try:
-        state = worker.state.tasks.get(key)
-        if state is None or state.state not in _RUNNING:  # cancelled before it was watched
-            stop()
+        # (in a context of its own, where subtasks() finds the task)
+        inner = asyncio.get_running_loop().create_task(
+            fn(*args, **kwargs), context=running_as(task)
+        )
+        if stopped:  # cancelled before it was watched
+            inner.cancel()
         return await inner
     except asyncio.CancelledError:
         current = asyncio.current_task()
@@ -183,8 +134,7 @@ async def run_coroutine(
             raise CancelledOnWorker(f"task {key!r} was cancelled") from None
         raise  # the worker is closing
     finally:
-        if watch.callbacks.get(key) is stop:
-            del watch.callbacks[key]
+        unwatch()
 
 
 # -- hard cancellation ----------------------------------------------------------------------
@@ -256,7 +206,7 @@ def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     worker = _worker_or_none()
 
     def check() -> None:
-        if state is None or state.state not in _RUNNING:
+        if state is None or state.state not in RUNNING_STATES:
             raise CancelledOnWorker(f"task {key!r} was cancelled: its process is killed")
         if worker is not None and worker.status in _CLOSING:
             raise CancelledOnWorker(f"the worker is closing: the process of {key!r} is killed")
