@@ -64,3 +64,7 @@ def add_through(counter: Any, by: int) -> int:
     """A task that calls an actor through Dask's proxy."""
     result: int = counter.add(by).result()
     return result
+
+
+class MadeAtOnce:
+    """An actor whose constructor returns at once."""

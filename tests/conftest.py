@@ -45,7 +45,7 @@ _BACKENDS.append(pytest.param(("trio", {}), id="trio"))
 
 
 #: The backends where asyncio's own cancellation (``Task.cancel()``) can reach our calls.
-ASYNCIO_BACKENDS = [p.values[0] for p in _BACKENDS if p.id != "trio"]
+ASYNCIO_BACKENDS = [p for p in _BACKENDS if p.id != "trio"]
 
 
 @pytest.fixture(params=_BACKENDS)

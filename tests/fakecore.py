@@ -76,6 +76,12 @@ class FakeRunner:
     async def run(self, fn: Callable[..., Awaitable[Any]], *args: Any, dropped: Any = None) -> Any:
         return await fn(*args)
 
+    async def finish(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, dropped: Any = None
+    ) -> Any:
+        with anyio.CancelScope(shield=True):
+            return await fn(*args)
+
 
 @asynccontextmanager
 async def open_fake_runner() -> AsyncIterator[FakeRunner]:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import traceback
+from typing import Any
 
 import anyio
 import pytest
 
 from dask_anyio import Actor, DaskExecutor
+from dask_anyio._actors import Actors
 
-from .actor_tasks import Counter, CounterError, SlowToMake, TakesActor, add_through
+from .actor_tasks import (
+    Counter,
+    CounterError,
+    MadeAtOnce,
+    SlowToMake,
+    TakesActor,
+    add_through,
+)
 from .conftest import ExternalCluster
 from .tasks import inc, set_event
 
@@ -82,6 +92,32 @@ async def test_a_cancelled_creation_leaves_no_actor(external_cluster: ExternalCl
         await ex.run(set_event, event)  # (lets the worker thread go)
         await external_cluster.wait_forgotten("SlowToMake-")
         assert ex.statistics().pending == 0
+
+
+async def test_a_creation_cancelled_once_made_leaves_no_actor(
+    external_cluster: ExternalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled after its task made the actor (while it asks where the actor lives, held
+    there), ex.actor releases it: the scheduler forgets the key, the executor owns nothing."""
+
+    async def never(self: Actors, future: Any) -> str:
+        await asyncio.Event().wait()
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(Actors, "address", never)
+    async with DaskExecutor(external_cluster.address) as ex:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ex.actor, MadeAtOnce)
+            with anyio.fail_after(WAIT):
+                while "memory" not in _states(external_cluster, "MadeAtOnce-"):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+        assert not _states(external_cluster, "MadeAtOnce-")
+        assert ex.statistics().pending == 0
+
+
+def _states(cluster: ExternalCluster, prefix: str) -> list[str]:
+    return [state for key, state in cluster.task_states().items() if key.startswith(prefix)]
 
 
 async def test_an_actors_handle_reaches_a_task_as_dasks_proxy(

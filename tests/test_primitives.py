@@ -4,6 +4,7 @@ it (xfail, strict)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,8 +17,9 @@ import distributed
 import pytest
 
 from dask_anyio import DaskExecutor, Lock, Semaphore
+from dask_anyio._leases import Leases
 
-from .conftest import ExternalCluster
+from .conftest import ASYNCIO_BACKENDS, ExternalCluster
 
 pytestmark = pytest.mark.anyio
 
@@ -251,3 +253,67 @@ def _small_cluster() -> distributed.LocalCluster:
     return distributed.LocalCluster(
         n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
     )
+
+
+def _leases(dask_scheduler: Any, name: str) -> int:
+    return len(dask_scheduler.extensions["semaphores"].leases.get(name, ()))
+
+
+def _held(cluster: ExternalCluster, name: str) -> int:
+    held: int = cluster.observer.run_on_scheduler(_leases, name=name)
+    return held
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+async def test_a_release_hit_by_asyncios_own_cancellation_still_releases(
+    external_cluster: ExternalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio's own cancellation (Task.cancel(), which passes anyio's shields) reaching a
+    lock's release as its block is left, before the release's request is sent (it waits
+    its turn, as behind another release): the release goes through before it is raised."""
+    name = _name("native-release")
+    original = Leases._send_release
+
+    async def send_later(self: Leases, name: str, lease_id: str) -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await original(self, name, lease_id)
+
+    monkeypatch.setattr(Leases, "_send_release", send_later)
+
+    async def hold_then_cancel(ex: DaskExecutor) -> None:
+        async with ex.lock(name):
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # raised at the release's first await
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.ensure_future(hold_then_cancel(ex))
+        assert _held(external_cluster, name) == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+async def test_an_exit_hit_by_asyncios_own_cancellation_still_releases(
+    external_cluster: ExternalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio's own cancellation arriving as the executor's exit closes its core (held
+    there): the core closes all the same, releasing the lease the scope held."""
+    name = _name("native-exit")
+    original = Leases.close
+
+    async def close_when_cancelled(self: Leases) -> None:
+        front.cancel()  # (asyncio: the core runs on the caller's loop)
+        await asyncio.sleep(0)
+        await original(self)
+
+    async def body() -> None:
+        async with DaskExecutor(external_cluster.address) as ex:
+            await ex.lock(name).acquire()
+            assert _held(external_cluster, name) == 1
+            monkeypatch.setattr(Leases, "close", close_when_cancelled)
+
+    front = asyncio.ensure_future(body())
+    with pytest.raises(asyncio.CancelledError):
+        await front
+    assert _held(external_cluster, name) == 0

@@ -4,6 +4,7 @@ against Dask's own primitive, which fails it (xfail, strict)."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,10 +22,10 @@ from dask_anyio import (
     TaskStatus,
     Variable,
 )
-from dask_anyio._exchange import PROMPT
+from dask_anyio._exchange import PROMPT, Exchange
 
 from .conftest import ABSENT, ASYNCIO_BACKENDS, ExternalCluster
-from .tasks import inc
+from .tasks import inc, set_event, wait_for_event
 
 pytestmark = pytest.mark.anyio
 
@@ -101,6 +102,31 @@ def _dask_fails(reason: str, fn: Starter) -> Any:
     return pytest.param(
         fn, id="dask", marks=pytest.mark.xfail(strict=True, raises=TimeoutError, reason=reason)
     )
+
+
+@pytest.mark.parametrize("how", ["handle", "exit"])
+async def test_a_getter_lets_go_of_a_handle_it_does_not_cancel_the_task(
+    external_cluster: ExternalCluster, how: str
+) -> None:
+    """A handle got from a queue may be another client's task: cancelling it, or leaving
+    the getter's scope with an error, lets go of it; the putter's task runs on and gives
+    its value."""
+    name, event = _name("borrowed"), _name("borrowed-go")
+    async with DaskExecutor(external_cluster.address) as owner:
+        task = owner.submit(wait_for_event, event)
+        await owner.queue(name).put(task)
+        with pytest.raises(LookupError) if how == "exit" else contextlib.nullcontext():
+            async with DaskExecutor(external_cluster.address) as getter:
+                got = await getter.queue(name).get()
+                assert isinstance(got, TaskHandle)
+                if how == "exit":
+                    raise LookupError
+                assert got.cancel()
+                assert got.status is TaskStatus.CANCELLED
+        assert not task.done()
+        await owner.run(set_event, event)
+        with anyio.fail_after(WAIT):
+            assert await owner.retrieve(task) == event
 
 
 @pytest.mark.parametrize(
@@ -291,6 +317,8 @@ async def test_a_cancelled_variable_get_holds_nothing(
     finally:  # (Dask's leaves the key held: let the later tests find the scheduler empty)
         async with DaskExecutor(external_cluster.address) as ex:
             await ex.variable(name).delete()
+        # No get left waiting (ours ends within PROMPT): the next test counts its own only.
+        await external_cluster.wait_waiting("unset", name, 0)
 
 
 # -- bad input -------------------------------------------------------------------------
@@ -439,14 +467,17 @@ def _forget_exchange(dask_scheduler: Any, name: str) -> None:
 # -- asyncio's own cancellation ------------------------------------------------------------
 
 
-async def _natively_cancelled_get(ex: DaskExecutor, other: DaskExecutor, name: str) -> list[Any]:
-    """A get cancelled by Task.cancel() just after another client put "a": what it
-    returned (it may have got "a" first)."""
+async def _natively_cancelled_get(
+    ex: DaskExecutor, other: DaskExecutor, name: str, maxsize: int
+) -> list[Any]:
+    """A get cancelled by Task.cancel() just after another client put "a" (which it takes)
+    and "b": what it returned (it may have returned "a" first)."""
     import asyncio
 
-    task = asyncio.ensure_future(ex.queue(name).get())
+    task = asyncio.ensure_future(ex.queue(name, maxsize=maxsize).get())
     await anyio.wait_all_tasks_blocked()
-    await other.queue(name).put("a")
+    await other.queue(name, maxsize=maxsize).put("a")
+    await other.queue(name, maxsize=maxsize).put("b")  # (room: the get took "a")
     task.cancel()
     try:
         return [await task]
@@ -454,24 +485,71 @@ async def _natively_cancelled_get(ex: DaskExecutor, other: DaskExecutor, name: s
         return []
 
 
+async def _wait_size(ex: DaskExecutor, name: str, size: int) -> None:
+    with anyio.fail_after(WAIT):
+        while await ex.queue(name).qsize() != size:  # noqa: ASYNC110 - the scheduler's state
+            await anyio.sleep(0.02)
+
+
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
-async def test_a_natively_cancelled_get_keeps_its_item(
-    external_cluster: ExternalCluster,
+@pytest.mark.parametrize("maxsize", [0, 1])
+async def test_a_natively_cancelled_get_gives_its_item_back(
+    external_cluster: ExternalCluster, maxsize: int
 ) -> None:
-    """asyncio's cancellation passes anyio's shield: the item the get took is returned by
-    the next get of the executor, and one left at exit goes back to the queue."""
+    """asyncio's cancellation passes anyio's shield: an item the get took all the same goes
+    back to the head of the queue (past a bounded queue's maxsize), before what was put
+    after it, for any client's next get; an executor's exit waits until it is back."""
     name = _name("queue")
     async with (
         DaskExecutor(external_cluster.address) as ex,
         DaskExecutor(external_cluster.address) as other,
     ):
         for _ in range(5):
-            returned = await _natively_cancelled_get(ex, other, name)
+            returned = await _natively_cancelled_get(ex, other, name, maxsize)
+            await _wait_size(other, name, 2 - len(returned))
             with anyio.fail_after(WAIT):
-                rest = [await ex.queue(name).get() for _ in range(1 - len(returned))]
-            assert returned + rest == ["a"]
+                rest = [await other.queue(name).get() for _ in range(2 - len(returned))]
+            assert returned + rest == ["a", "b"]
         async with DaskExecutor(external_cluster.address) as leaving:
-            returned = await _natively_cancelled_get(leaving, other, name)
+            returned = await _natively_cancelled_get(leaving, other, name, maxsize)
+        assert await other.queue(name).qsize() == 2 - len(returned)
+        for _ in range(2 - len(returned)):
+            await other.queue(name).get()
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+async def test_a_get_natively_cancelled_as_its_reply_comes_gives_it_back(
+    external_cluster: ExternalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio's cancellation reaching a get whose request took "a" and is still on its way
+    back (held there): the request ends all the same, and "a" goes back to the queue."""
+    import asyncio
+
+    name = _name("queue")
+    arrived, go_on = asyncio.Event(), asyncio.Event()
+    original = Exchange._ask
+
+    async def held_reply(self: Exchange, op: str, /, **arguments: Any) -> Any:
+        reply = await original(self, op, **arguments)
+        if op == "queue_get" and isinstance(reply, dict):
+            arrived.set()
+            await go_on.wait()
+        return reply
+
+    monkeypatch.setattr(Exchange, "_ask", held_reply)
+    async with (
+        DaskExecutor(external_cluster.address) as ex,
+        DaskExecutor(external_cluster.address) as other,
+    ):
+        task = asyncio.ensure_future(ex.queue(name).get())
+        await anyio.wait_all_tasks_blocked()
+        await other.queue(name).put("a")
+        await arrived.wait()
+        task.cancel()
+        await anyio.wait_all_tasks_blocked()
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.undo()
         with anyio.fail_after(WAIT):
-            rest = [await other.queue(name).get() for _ in range(1 - len(returned))]
-        assert returned + rest == ["a"]
+            assert await other.queue(name).get() == "a"

@@ -12,6 +12,7 @@ import anyio
 import anyio.lowlevel
 
 from . import _work
+from ._errors import CancelReason
 from ._handle import TaskHandle
 from ._remote import new_actor
 
@@ -31,7 +32,8 @@ async def make_actor(
     scope: ExecutorScope, cls: type[T], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Actor[T]:
     """``cls(*args, **kwargs)`` as an actor on a worker, once it exists there. Checkpoint; a
-    cancelled call cancels the task that makes it."""
+    cancelled call cancels the task that makes it, or releases the actor it made, and
+    returns once the scheduler forgot it."""
     if not isinstance(cls, type):
         raise TypeError(
             f"actor() needs a class, not {cls!r}: an actor is an instance of a class, kept "
@@ -45,8 +47,9 @@ async def make_actor(
         await handle
         future = scope.table.future_of(handle)
         address = await scope.runner.run(scope.core.actors.address, future)
-    except BaseException:
-        handle.cancel()
+    except BaseException:  # made or not, the actor goes: cancelled, or released if made
+        with anyio.CancelScope(shield=True):
+            await scope.table.abandon([handle], CancelReason.SCOPE)
         raise
     return Actor(scope, handle, cls, address)
 

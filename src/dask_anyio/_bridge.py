@@ -137,6 +137,34 @@ class CoreRunner(Protocol):
         """
         ...
 
+    async def finish(
+        self,
+        fn: Callable[[*Ts], Awaitable[T]],
+        *args: *Ts,
+        dropped: Callable[[T], object] | None = None,
+    ) -> T:  # pragma: no cover - protocol
+        """Run the coroutine ``fn(*args)`` on the core loop to its end, whatever happens to
+        the caller: for cleanup (a release, a close) and for requests that must not be cut
+        short (one that takes an item). Checkpoint, but nothing cancels it: anyio's
+        cancellation waits, and so does asyncio's own (``Task.cancel()``, an
+        ``asyncio.timeout``), which passes anyio's shields; once ``fn`` has ended, such a
+        cancellation is raised, and ``dropped(result)`` gets what ``fn`` returned, on the
+        core loop."""
+        ...
+
+
+async def _wait_to_end(done: anyio.Event) -> None:
+    """Wait for ``done``, shielded, also through asyncio's own cancellations (which pass
+    anyio's shields): each one is taken and the wait goes on. The caller raises one of them
+    afterwards."""
+    while True:
+        try:
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+        except anyio.get_cancelled_exc_class():  # (the caller raises one afterwards)
+            continue
+        return
+
 
 async def _run_as_core_task(
     front: LoopToken,
@@ -144,12 +172,14 @@ async def _run_as_core_task(
     fn: Callable[[*Ts], Awaitable[T]],
     *args: *Ts,
     dropped: Callable[[T], object] | None = None,
+    cancellable: bool = True,
 ) -> T:
     """Run ``fn(*args)`` as its own asyncio task on the core loop and await it from the front.
 
     Its own task, even when both loops are one: a cancelled caller then cancels the core
-    coroutine exactly once, so that its cleanup (closing a half-opened client, say) runs to the
-    end, and the caller waits for that under a shield before the cancellation propagates.
+    coroutine exactly once (unless not ``cancellable``), so that its cleanup (closing a
+    half-opened client, say) runs to the end, and the caller waits for that, shielded, before
+    the cancellation propagates.
     """
     done = anyio.Event()
     task: asyncio.Future[T] | None = None
@@ -174,9 +204,9 @@ async def _run_as_core_task(
     try:
         await done.wait()
     except BaseException:
-        with anyio.CancelScope(shield=True):
+        if cancellable:
             core.run_sync_soon(cancel)
-            await done.wait()
+        await _wait_to_end(done)
         # (task.exception(): retrieved, so that asyncio does not log it as never retrieved)
         if task is not None and not task.cancelled() and task.exception() is None and dropped:
             core.run_sync_soon(dropped, task.result())
@@ -217,6 +247,18 @@ class _SameLoopRunner:
         dropped: Callable[[T], object] | None = None,
     ) -> T:
         return await _run_as_core_task(self.front, self.core, fn, *args, dropped=dropped)
+
+    async def finish(
+        self,
+        fn: Callable[[*Ts], Awaitable[T]],
+        *args: *Ts,
+        dropped: Callable[[T], object] | None = None,
+    ) -> T:
+        with anyio.CancelScope(shield=True):
+            result = await _run_as_core_task(
+                self.front, self.core, fn, *args, dropped=dropped, cancellable=False
+            )
+        return result
 
 
 class _LoopThreadRunner(_SameLoopRunner):

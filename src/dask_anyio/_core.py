@@ -127,7 +127,7 @@ class DaskCore:
                 await connection.cluster.close()
 
     async def _close_parts(self) -> None:
-        """Before the client closes: release the leases held, put back the items kept."""
+        """Before the client closes: release the leases held, give back queue items."""
         await self.leases.close()
         await self.exchange.close()
 

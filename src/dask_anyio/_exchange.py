@@ -11,9 +11,9 @@ is set. Here every request waits on the scheduler :data:`PROMPT` (events:
 through the handlers of ``_on_scheduler``, which end quietly). The front end sends the
 requests that take something shielded from cancellation, one after another, and looks for
 a cancellation between them. If one is cancelled all the same (asyncio's own cancellation
-passes anyio's shield), the request goes on here: an item it takes is kept for the next get
-of this client (and put back in the queue when the core closes), a variable's value is let
-go.
+passes anyio's shield), the front end lets the request end all the same, and what it took
+goes back: an item to the head of its queue (:meth:`Exchange.give_back`), a variable's
+value is let go.
 
 Values travel as they are if Dask's own queues and variables carry them unchanged (str,
 bytes, int, float, bool, None: shared with Dask's ``Queue`` and ``Variable``), others
@@ -24,11 +24,8 @@ tuples, and unpickles on the scheduler what msgpack cannot carry).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import functools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import distributed
@@ -85,10 +82,8 @@ class Exchange:
     def __init__(self, client: distributed.Client) -> None:
         self._client = client
         self._registered: asyncio.Future[None] | None = None
-        #: Items taken by requests whose caller was cancelled all the same, by queue.
-        self._kept: dict[str, collections.deque[Any]] = collections.defaultdict(collections.deque)
-        #: Requests left to finish, and what handles their outcome.
-        self._left: set[asyncio.Future[Any]] = set()
+        #: Items given back to their queues, on their way.
+        self._giving_back: set[asyncio.Future[None]] = set()
 
     async def ready(self) -> None:
         """Register the handlers on the scheduler (once, until a reply says they are gone)."""
@@ -118,26 +113,6 @@ class Exchange:
 
     async def queue_get(self, name: str, maxsize: int) -> Any:
         """The next item of the queue ``name`` (a Future for a key), or :data:`NOTHING`."""
-        kept = self._kept.get(name)
-        if kept:
-            return kept.popleft()
-        return await self._taking(
-            self._queue_get(name, maxsize), functools.partial(self.keep, name)
-        )
-
-    def keep(self, name: str, item: Any) -> None:
-        """Keep ``item``, taken from the queue ``name`` for a caller who was cancelled all
-        the same, for the next get (see the module's docstring)."""
-        if item is not NOTHING and item is not MISSING:
-            self._kept[name].append(item)
-
-    @staticmethod
-    def let_go(value: Any) -> None:
-        """Let go of a variable's value fetched for a caller who was cancelled all the same."""
-        if isinstance(value, distributed.Future):
-            value.release()
-
-    async def _queue_get(self, name: str, maxsize: int) -> Any:
         reply = await self._ask("queue_get", name=name, maxsize=maxsize)
         if reply is MISSING or reply is NOTHING:
             return reply
@@ -151,9 +126,45 @@ class Exchange:
         )
         return future
 
+    def give_back(self, name: str, maxsize: int, item: Any) -> None:
+        """Give ``item``, taken from the queue ``name`` for a caller who was cancelled all
+        the same, back to the head of the queue, in the background (:meth:`close` waits)."""
+        if item is not NOTHING and item is not MISSING:
+            task = asyncio.ensure_future(self._give_back(name, maxsize, item))
+            self._giving_back.add(task)
+            task.add_done_callback(self._giving_back.discard)
+
+    async def _give_back(self, name: str, maxsize: int, item: Any) -> None:
+        request: dict[str, Any] = {"data": _packed(item)}
+        if isinstance(item, distributed.Future):
+            request = {"key": item.key}
+        for _ in range(25):  # (the handlers may need registering again)
+            if self._client.status != "running":
+                break
+            with contextlib.suppress(Exception):
+                await self.ready()
+                reply = await self._ask("queue_unget", name=name, maxsize=maxsize, **request)
+                if reply is not MISSING:  # (UNKNOWN_KEY: forgotten, nothing to give back)
+                    break
+            await asyncio.sleep(0.2)
+        else:
+            logger.warning("an item taken from the queue %r for nobody was lost", name)
+        self.let_go(item)  # (the queue holds the key again)
+
+    @staticmethod
+    def let_go(value: Any) -> None:
+        """Let go of a variable's value fetched for a caller who was cancelled all the same."""
+        if isinstance(value, distributed.Future):
+            value.release()
+
+    async def close(self) -> None:
+        """Wait until the items given back are in their queues (10 s at most)."""
+        if self._giving_back:
+            await asyncio.wait(list(self._giving_back), timeout=10)
+
     async def queue_size(self, name: str, maxsize: int) -> Any:
         reply = await self._ask("queue_size", name=name, maxsize=maxsize)
-        return reply if reply is MISSING else reply["size"] + len(self._kept.get(name, ()))
+        return reply if reply is MISSING else reply["size"]
 
     async def variable_set(self, name: str, value: Any) -> None:
         if not isinstance(value, distributed.Future):
@@ -163,9 +174,6 @@ class Exchange:
     async def variable_get(self, name: str) -> Any:
         """The value of the variable ``name`` (a Future for a key), or :data:`NOTHING` if it
         stayed unset for :data:`PROMPT`."""
-        return await self._taking(self._variable_get(name), self.let_go)
-
-    async def _variable_get(self, name: str) -> Any:
         reply = await self._ask("variable_get", name=name, client=self._client.id)
         if reply is MISSING or reply is NOTHING:
             return reply
@@ -202,34 +210,13 @@ class Exchange:
         flag: bool = await distributed.Event(name, client=self._client).is_set()
         return flag
 
-    async def close(self) -> None:
-        """Wait for the requests left to finish; put the items kept back in their queues."""
-        if self._left:
-            await asyncio.wait(list(self._left), timeout=10)
-        for name, kept in self._kept.items():
-            while kept:
-                item = kept.popleft()
-                if not await self._put_back(name, item):
-                    logger.warning("an item of the queue %r was lost at exit", name)
-                self.let_go(item)
-
-    async def _put_back(self, name: str, item: Any) -> bool:
-        """Put ``item`` at the end of its queue; ``False`` if that failed (for 5 s)."""
-        for _ in range(25):
-            if self._client.status != "running":
-                return False
-            with contextlib.suppress(Exception):
-                await self.ready()
-                if await self.queue_put(name, 0, item) is None:
-                    return True
-        return False
-
     async def _ask(self, op: str, /, **arguments: Any) -> Any:
         """The reply of the scheduler's handler ``op``; :data:`MISSING` if it has none
         (the handlers are then registered again on the next :meth:`ready`), :data:`NOTHING`
         if it waited :data:`PROMPT` for nothing."""
         ask = getattr(self._scheduler, handler(op))
-        seconds = {} if op in ("queue_size", "variable_delete") else {"seconds": PROMPT}
+        prompt = op not in ("queue_size", "queue_unget", "variable_delete")
+        seconds = {"seconds": PROMPT} if prompt else {}
         reply = await ask(**arguments, **seconds)
         if reply is None:  # (a scheduler that restarted: the handlers are gone)
             self._registered = None
@@ -237,22 +224,6 @@ class Exchange:
         if reply == EMPTY and op != "queue_put":
             return NOTHING
         return reply
-
-    async def _taking(self, request: Awaitable[Any], kept: Callable[[Any], object]) -> Any:
-        """``await request``; if this is cancelled, the request goes on, and ``kept(value)``
-        takes what it got."""
-        task = asyncio.ensure_future(request)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            self._left.add(task)
-            task.add_done_callback(lambda done: self._left_over(done, kept))
-            raise
-
-    def _left_over(self, task: asyncio.Future[Any], kept: Callable[[Any], object]) -> None:
-        self._left.discard(task)
-        if not task.cancelled() and task.exception() is None:
-            kept(task.result())
 
     def _future(self, record: dict[str, Any]) -> distributed.Future[Any]:
         """A future of the record's key, in the state the record says (as Dask's own). A

@@ -102,6 +102,8 @@ class TaskState:
     observed: bool = False
     #: Why the executor cancelled it, if it did.
     cancel_reason: CancelReason | None = None
+    #: Whether it came from a queue or a variable (see ``Adopt.BORROWED``).
+    borrowed: bool = False
     #: Its status once its owner let go of it (its key released): it no longer changes.
     final_status: TaskStatus | None = None
     #: What ``await handle`` raises once ``final_status`` is set, if anything.

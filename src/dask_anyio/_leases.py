@@ -104,7 +104,10 @@ class Leases:
             task.cancel()
         await asyncio.sleep(0)  # (they leave their requests to the orphans)
         if self._refresher is not None:
-            self._refresher.cancel()
+            # Never in the middle of its request: a refresh cut short could reach the
+            # scheduler after the releases below, and hold their leases again.
+            async with self._sending:
+                self._refresher.cancel()
         if self._client.status != "running":
             self._held.clear()  # the scheduler lets the leases go when they time out
             return

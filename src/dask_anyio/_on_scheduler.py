@@ -50,6 +50,7 @@ class ExchangeHandlers(SchedulerPlugin):
                 handler("queue_get"): self.queue_get,
                 handler("queue_put"): self.queue_put,
                 handler("queue_size"): self.queue_size,
+                handler("queue_unget"): self.queue_unget,
                 handler("variable_get"): self.variable_get,
                 handler("variable_delete"): self.variable_delete,
             }
@@ -96,6 +97,30 @@ class ExchangeHandlers(SchedulerPlugin):
         if key is not None:  # (no await since the put: no get can have taken it yet)
             scheduler.extensions["queues"].future_refcount[name, key] += 1
             scheduler.client_desires_keys(keys=[key], client=f"queue-{name}")
+        return OK
+
+    def queue_unget(
+        self, name: str, maxsize: int, key: Any = None, data: Any = None
+    ) -> dict[str, Any]:
+        """Give back an item that a get took for a caller who was gone by then: at the head
+        of the queue, where it was taken from (past ``maxsize``: its place was kept), to the
+        next getter waiting if there is one. :data:`OK`, or :data:`UNKNOWN_KEY` for a key the
+        scheduler forgot meanwhile."""
+        scheduler = self._scheduler
+        queue: Any = self._queue(name, maxsize)
+        record = {"type": "Future", "value": key}
+        if key is None:
+            record = {"type": "msgpack", "value": data}
+        elif key not in scheduler.tasks:
+            return UNKNOWN_KEY
+        else:
+            scheduler.extensions["queues"].future_refcount[name, key] += 1
+            scheduler.client_desires_keys(keys=[key], client=f"queue-{name}")
+        # asyncio.Queue.put_nowait(), at the head and past maxsize
+        queue._queue.appendleft(record)
+        queue._unfinished_tasks += 1
+        queue._finished.clear()
+        queue._wakeup_next(queue._getters)
         return OK
 
     def queue_size(self, name: str, maxsize: int) -> dict[str, Any]:

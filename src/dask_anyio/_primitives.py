@@ -73,8 +73,7 @@ class Semaphore:
         try:
             await scope.runner.run(scope.core.leases.acquire, self.name, self.max_leases, lease_id)
         except BaseException:  # granted just as the caller was cancelled: let it go
-            with anyio.CancelScope(shield=True):
-                await scope.runner.run(scope.core.leases.release, lease_id)
+            await scope.runner.finish(scope.core.leases.release, lease_id)
             raise
         self._held.append(lease_id)
 
@@ -92,8 +91,7 @@ class Semaphore:
         if not self._held:
             raise RuntimeError(f"{self!r} holds no lease to release")
         lease_id = self._held.popleft()
-        with anyio.CancelScope(shield=True):
-            await self._scope.runner.run(self._scope.core.leases.release, lease_id)
+        await self._scope.runner.finish(self._scope.core.leases.release, lease_id)
 
     async def __aenter__(self) -> Self:
         await self.acquire()

@@ -124,8 +124,7 @@ class ExecutorScope:
 
     async def _close_core(self) -> None:
         if self._core_opened:
-            with anyio.CancelScope(shield=True):
-                await self.runner.run(self.core.close)
+            await self.runner.finish(self.core.close)
 
     async def _close_at_run_end(self) -> None:
         """In the background: if the run of the event loop ends while the executor is open

@@ -8,8 +8,8 @@ ends with what it got, which the caller receives even if it was cancelled meanwh
 cancellation is raised between requests. So a cancelled ``get`` either returns its item or
 leaves it in the queue, and a caller notices a cancellation within ``PROMPT`` while the
 scheduler answers promptly. An event's wait takes nothing, and stops at once. (asyncio's
-own cancellation passes the shield: the core then keeps what the request took, see
-``_exchange``.)
+own cancellation passes the shield: the request ends all the same, then an item it took goes
+back to the head of its queue, a variable's value is let go.)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import distributed
 
 from ._exchange import MISSING, NOTHING, PROMPT, UNKNOWN
 from ._handle import TaskHandle, check_owner, map_handles
+from ._tasks import Adopt
 
 if TYPE_CHECKING:
     from ._scope import ExecutorScope
@@ -61,7 +62,7 @@ def _to_dask(scope: ExecutorScope, value: Any, what: str) -> Any:
 def _from_dask(scope: ExecutorScope, value: Any) -> Any:
     """A value from Dask's queue or variable, a future adopted as a handle of this executor."""
     if isinstance(value, distributed.Future):
-        return scope.table.adopt(value)
+        return scope.table.adopt(value, Adopt.BORROWED)
     return value
 
 
@@ -93,9 +94,9 @@ async def _until_done(
     *args: *Ts,
     dropped: Callable[[Any], object] | None = None,
 ) -> Any:
-    """Send ``request(*args)`` until it gets something, each time shielded (see the module's
-    docstring): a checkpoint between requests, not in them. ``dropped`` takes what a
-    request got for a caller cancelled all the same (by asyncio, through the shield).
+    """Send ``request(*args)`` until it gets something, each one run to its end (see the
+    module's docstring): a checkpoint between requests, not in them. ``dropped`` takes what
+    a request got for a caller cancelled all the same (by asyncio, through the shield).
 
     :raises ValueError: if the scheduler does not know a handle's key (see UNKNOWN).
     """
@@ -104,9 +105,9 @@ async def _until_done(
     while True:
         scope.gate.check_open()
         await _ready(scope)
-        with scope.gate.call_under_way(), anyio.CancelScope(shield=True):
+        with scope.gate.call_under_way():
             try:
-                got = await scope.runner.run(request, *args, dropped=dropped)
+                got = await scope.runner.finish(request, *args, dropped=dropped)
             except OSError:  # (Dask's CommClosedError among them)
                 scope.check_connected()
                 raise
@@ -135,10 +136,10 @@ class Queue:
     either returned its item or left it in the queue, in its place; a cancelled :meth:`put`
     either put its item (and returned) or did not. Either notices a cancellation within
     0.2 s while the scheduler answers promptly. Under asyncio's own cancellation
-    (``asyncio.timeout``), an item taken as the get was cancelled is kept for this
-    executor's next get, or put back at the end of the queue when the executor exits. The
-    queue lives on the scheduler as long as the scheduler does (as Dask's), its items with
-    it.
+    (``Task.cancel()``, ``asyncio.timeout``), which anyio's shields do not stop, a get that
+    took an item as it was cancelled gives it back to the head of the queue, and a put that
+    raised ``CancelledError`` may have put its item. The queue lives on the scheduler as long as the
+    scheduler does (as Dask's), its items with it.
     """
 
     def __init__(self, scope: ExecutorScope, name: str, maxsize: int) -> None:
@@ -165,9 +166,9 @@ class Queue:
         """Take the first item of the queue; wait while it is empty. Checkpoint. A handle
         comes back as a handle of this executor, which owns it from then on."""
         exchange = self._scope.core.exchange
-        keep = functools.partial(exchange.keep, self.name)
+        give_back = functools.partial(exchange.give_back, self.name, self.maxsize)
         return await _until_done(
-            self._scope, exchange.queue_get, self.name, self.maxsize, dropped=keep
+            self._scope, exchange.queue_get, self.name, self.maxsize, dropped=give_back
         )
 
     async def qsize(self) -> int:

@@ -60,6 +60,10 @@ class Adopt(enum.Enum):
     CALL = "call"
     #: A future of persist(): the table holds it, in place of a call's handle.
     PERSIST = "persist"
+    #: A future from a queue or a variable: perhaps another client's task, never cancelled
+    #: on the cluster by this executor (which lets go of it instead); a handle held already
+    #: (our own task, back from the queue) stands for it.
+    BORROWED = "borrowed"
 
 
 @dataclasses.dataclass
@@ -119,7 +123,7 @@ class TaskTable:
         existing = self.handles.get(key)
         if existing is None:
             self._count(handle)
-        elif how is Adopt.TASK:  # pure=True and an identical call: one task, one handle
+        elif how in (Adopt.TASK, Adopt.BORROWED):  # (pure=True, an identical call; ours)
             self._core.release(future)
             return existing
         elif how is Adopt.PERSIST:
@@ -132,6 +136,7 @@ class TaskTable:
                 self._other_references.append(future)
         if how is Adopt.PERSIST:
             self._forgotten_keys.discard(key)
+        state_of(handle).borrowed = how is Adopt.BORROWED
         return handle
 
     def _count(self, handle: TaskHandle[Any]) -> None:
@@ -265,6 +270,10 @@ class TaskTable:
             self._gate.check_open()  # the right thread
         state.cancel_reason = CancelReason.HANDLE
         self._watcher.notify(handle)
+        if state.borrowed:  # not ours to cancel: let go of it
+            self.release(handle)
+            self.confirm_later(handle.key)
+            return True
         self._cancel_batch.append(state.future)
         if len(self._cancel_batch) == 1:  # the first of a burst: tell the cluster soon, once
             self._tg.start_soon(self._send_cancels)
@@ -305,9 +314,11 @@ class TaskTable:
             batch.done.set()
 
     async def _send_abandoned(self, batch: _Abandoned, reason: CancelReason) -> None:
-        handles, pending = batch.handles, batch.pending
+        handles = batch.handles
+        pending = [h for h in batch.pending if not state_of(h).borrowed]  # (others: released)
         try:
-            await self._runner.run(self._core.cancel, [state_of(h).future for h in pending], reason)
+            futures = [state_of(h).future for h in pending]
+            await self._runner.finish(self._core.cancel, futures, reason)
         except Exception:  # the exit confirms the release again
             logger.warning("could not cancel %d tasks on the cluster", len(pending), exc_info=True)
             pending = []
@@ -315,7 +326,7 @@ class TaskTable:
         done = [h.key for h in handles if h.key not in cancelled]
         if done:  # a value may still be on its way to a caller cancelled meanwhile
             try:
-                await self._runner.run(self._core.wait_fetches, done)
+                await self._runner.finish(self._core.wait_fetches, done)
             except Exception:  # (then Dask may warn that it couldn't gather it)
                 logger.debug("could not wait for transfers", exc_info=True)
         released = [
@@ -323,7 +334,7 @@ class TaskTable:
         ]
         try:
             confirm = functools.partial(self._core.wait_forgotten, released, arrived=released)
-            await self._runner.run(confirm)
+            await self._runner.finish(confirm)
         except Exception:  # the exit confirms the release again
             logger.warning("could not release %d tasks", len(released), exc_info=True)
             self.confirm_later(*released)
@@ -335,7 +346,7 @@ class TaskTable:
         succeeded = False
         with anyio.CancelScope(shield=True):
             try:
-                await self._runner.run(fn, *args)
+                await self._runner.finish(fn, *args)
             except Exception as error:
                 self.background_errors.append(error)
             else:
@@ -346,10 +357,14 @@ class TaskTable:
 
     async def cancel_outstanding(self) -> None:
         """An error exit: cancel every pending task, and wait until the scheduler forgot."""
-        pending = [state_of(h).future for h in self.handles.values() if not h.done()]
+        pending = [
+            state_of(h).future
+            for h in self.handles.values()
+            if not h.done() and not state_of(h).borrowed  # (released below, not cancelled)
+        ]
         if not pending:
             return
-        await self._runner.run(self._core.cancel, pending, CancelReason.EXIT)
+        await self._runner.finish(self._core.cancel, pending, CancelReason.EXIT)
         self._forgotten_keys.update(f.key for f in pending)
 
     async def release_all(self) -> list[TaskHandle[Any]]:
@@ -378,5 +393,7 @@ class TaskTable:
         self.handles.clear()
         self._forgotten_keys.clear()
         keys, self._released_keys = self._released_keys, set()
-        await self._runner.run(functools.partial(self._core.wait_forgotten, keys, arrived=arrived))
+        await self._runner.finish(
+            functools.partial(self._core.wait_forgotten, keys, arrived=arrived)
+        )
         return released
