@@ -27,5 +27,5 @@ autodoc_typehints = "description"
 nitpick_ignore_regex = [
     (r"py:.*", r"(asyncio|collections\.abc|typing|types|os|distributed|anyio|trio|dask)\..*"),
     (r"py:.*", r"(Cluster|ExceptionGroup|StreamState|TaskState|Parts|ExecutorScope)"),
-    (r"py:.*", r"(~?P|T|.*\.(T|T_co|K|C|Y|R)|typing\.~P)"),
+    (r"py:.*", r"(~?P|T|Ts|.*\.(T|T_co|K|C|Y|R|Ts)|typing\.~P)"),
 ]

@@ -76,6 +76,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         ("sharing.py", {}, "[100, 101, 104, 109, 116, 125] timed out: True\n"),
         ("actors.py", {}, "[0, 10, 20] 30 [1, 11] calls: 6\n"),
         ("diagnostics.py", {"n": 4}, "4 tasks, total 1337342006, report True; "),
+        ("task_trees.py", {"depth": 3}, "path: [0, 2, 5, 11] gave up: True\n"),
     ],
 )
 async def test_howto(

@@ -59,6 +59,9 @@ class Plan:
     #: Samples of each stop workload (a task running on a worker, its caller cancelled).
     stops: int = 20
     kill_trips: int = 30
+    #: Samples of the task-tree workloads.
+    trees: int = 20
+    subtasks_trips: int = 30
     large_result: int = 100 * MIB
     workers: int = 1
     threads: int = 2
@@ -83,6 +86,8 @@ class Plan:
             ("stop_coroutine", self.stops),
             ("stop_killed", self.stops),
             ("kill_on_cancel_trip", self.kill_trips),
+            ("tree_cancel", self.trees),
+            ("subtasks_cost", self.subtasks_trips),
         ]
         if repetition == 0:
             work += [("memory_per_pending", self.pending), ("large_result", self.large_result)]
@@ -102,6 +107,8 @@ WORKLOADS = (
     "stop_coroutine",
     "stop_killed",
     "kill_on_cancel_trip",
+    "tree_cancel",
+    "subtasks_cost",
     "memory_per_pending",
     "large_result",
 )
@@ -119,6 +126,8 @@ QUICK = Plan(
     pending=2_000,
     stops=2,
     kill_trips=2,
+    trees=2,
+    subtasks_trips=3,
     large_result=16 * MIB,
     process_timeout=120,
 )

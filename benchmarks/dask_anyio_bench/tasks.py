@@ -19,6 +19,9 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 #: Key prefix of the tasks whose cancellation latency is measured.
 CANCEL_TARGET = "bench_cancel_target"
+#: The keys whose forgetting the scheduler's clock records: cancel targets, and the tasks and
+#: markers of task trees (see trees.py).
+_CLOCKED = (CANCEL_TARGET, "bench_tree", "dask-anyio-subtasks-bench_tree")
 
 
 def noop(x: int) -> int:
@@ -133,7 +136,7 @@ class ForgetClock(SchedulerPlugin):
         self.forgotten: dict[str, float] = {}
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish == "forgotten" and isinstance(key, str) and key.startswith(CANCEL_TARGET):
+        if finish == "forgotten" and isinstance(key, str) and key.startswith(_CLOCKED):
             self.forgotten[key] = time.time()
 
 

@@ -37,6 +37,7 @@ import distributed
 from . import tasks
 from .contenders import CONTENDERS, OPEN, Session
 from .tasks import bench_cancel_target, leaf, link, noop, payload, pending, total, trip
+from .trees import subtasks_cost, tree_cancel
 
 #: Resources no worker has: a task that needs them stays on the scheduler.
 NEVER = {"dask-anyio-bench-never": 1}
@@ -424,6 +425,7 @@ PLAIN: dict[str, Callable[[Session, int], Awaitable[dict[str, Any]]]] = {
     "fan_in": fan_in,
     "large_result": large_result,
     "kill_on_cancel_trip": kill_on_cancel_trip,
+    "subtasks_cost": subtasks_cost,
 }
 WITH_OBSERVER: dict[str, Callable[[Session, Observer, int], Awaitable[dict[str, Any]]]] = {
     "cancel_latency": cancel_latency,
@@ -432,6 +434,7 @@ WITH_OBSERVER: dict[str, Callable[[Session, Observer, int], Awaitable[dict[str, 
     "stop_checkpoint": stop_checkpoint,
     "stop_coroutine": stop_coroutine,
     "stop_killed": stop_killed,
+    "tree_cancel": tree_cancel,
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any, assert_type
 import distributed
 from dask.delayed import Delayed
 
+import dask_anyio
 from dask_anyio import (
     Actor,
     AsCompleted,
@@ -262,3 +263,17 @@ async def check_diagnostics(ex: DaskExecutor, handle: TaskHandle[int]) -> None:
     assert_type(ts.data, list[dict[str, Any]])
     assert_type(await ex.progress([handle], description="work"), None)
     ex.task_stream(plot="yes")  # type: ignore[arg-type]
+
+
+async def _twice(x: int) -> int:
+    return 2 * x
+
+
+async def check_task_trees() -> None:
+    """subtasks() gives an executor; run_async() returns what the async function returns."""
+    async with dask_anyio.subtasks() as ex:
+        assert_type(ex, DaskExecutor)
+    assert_type(dask_anyio.run_async(_twice, 1), int)
+    assert_type(dask_anyio.run_async(_twice, 1, backend="trio"), int)
+    dask_anyio.run_async(_twice, "one")  # type: ignore[arg-type]
+    dask_anyio.run_async(_twice, 1, backend="curio")  # type: ignore[arg-type]
