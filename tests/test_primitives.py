@@ -16,7 +16,7 @@ import dask
 import distributed
 import pytest
 
-from dask_anyio import DaskExecutor, Lock, Semaphore
+from dask_anyio import DaskExecutor, Lock, Semaphore, _bridge
 from dask_anyio._leases import Leases
 
 from .conftest import ASYNCIO_BACKENDS, ExternalCluster
@@ -317,3 +317,36 @@ async def test_an_exit_hit_by_asyncios_own_cancellation_still_releases(
     with pytest.raises(asyncio.CancelledError):
         await front
     assert _held(external_cluster, name) == 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+async def test_a_release_gives_up_on_a_scheduler_that_does_not_answer(
+    external_cluster: ExternalCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under asyncio's own cancellation a release waits for the scheduler's answer, but
+    not for good: after FINISH_PATIENCE (shortened here) it gives up with a warning, and
+    the cancellation is raised (the scheduler lets the lease go when it times out)."""
+    monkeypatch.setattr(_bridge, "FINISH_PATIENCE", 0.5)
+    original = Leases._send_release
+
+    async def never_answered(self: Leases, name: str, lease_id: str) -> None:
+        await asyncio.Event().wait()
+
+    async with DaskExecutor(external_cluster.address) as ex:
+        lock = ex.lock(_name("stalled-release"))
+        await lock.acquire()
+        monkeypatch.setattr(Leases, "_send_release", never_answered)
+
+        async def release_cancelled() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # raised at the release's first await
+            await lock.release()
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.ensure_future(release_cancelled())
+        monkeypatch.setattr(Leases, "_send_release", original)
+    assert "did not end within 0.5 s of its caller's cancellation" in caplog.text

@@ -311,6 +311,8 @@ async def test_a_cancelled_variable_get_holds_nothing(
         await _cancel_while_waiting(external_cluster, getter(ex, name), "unset", name)
         variable = ex.variable(name)
         await variable.set(ex.submit(inc, 1, key=f"{prefix}-1"))
+        # A get still waiting there (Dask's) has woken and taken the handle, not the 0 next
+        await external_cluster.wait_waiting("unset", name, 0)
         await variable.set(0)  # (not delete(): that lets every key of the variable go)
     try:
         await external_cluster.wait_forgotten(prefix, within=SOON)

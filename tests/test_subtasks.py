@@ -162,6 +162,27 @@ async def test_a_tree_wider_than_the_cluster_cancels_without_deadlock(
         assert await ex.run(tree_tasks.count, 2) == 7
 
 
+async def test_a_task_that_catches_its_scopes_cancellation_still_stops(
+    tree_cluster: ExternalCluster, tmp_path: Path
+) -> None:
+    """A coroutine task whose code catches the CancelledOnWorker of its subtasks scope and
+    goes on awaiting is cancelled all the same once it has left the scope."""
+    async with DaskExecutor(tree_cluster.address) as ex:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ex.run, tree_tasks.swallowing, str(tmp_path))
+                await _wait_marks(tmp_path, "started", 1)  # its leaf
+                scope.cancel()
+        await _wait_marks(tmp_path, "stopped", 1)  # the leaf
+        await _wait_marks(tmp_path, "ended", 1)  # and the task's own code, after the scope
+
+
+async def test_run_async_twice_in_one_task(tree_cluster: ExternalCluster) -> None:
+    """A sync task may call run_async more than once (it secedes once)."""
+    async with DaskExecutor(tree_cluster.address) as ex:
+        assert await ex.run(tree_tasks.run_async_twice) == 2
+
+
 async def test_a_scope_whose_task_is_gone_starts_nothing(
     tree_cluster: ExternalCluster,
 ) -> None:

@@ -148,3 +148,26 @@ def threads_of_the_worker() -> list[str]:
 
 def clients_of_the_scheduler(dask_scheduler: Any) -> list[str]:
     return sorted(str(c) for c in dask_scheduler.clients)
+
+
+async def _one() -> int:
+    return 1
+
+
+def run_async_twice() -> int:
+    """Two run_async calls in one sync task (the second finds the task seceded already)."""
+    return dask_anyio.run_async(_one) + dask_anyio.run_async(_one, backend="trio")
+
+
+async def swallowing(directory: str) -> None:
+    """Catches the CancelledOnWorker of its scope (its leaf waits until cancelled), then
+    would wait for good: its own code must stop all the same (then it writes "ended")."""
+    try:
+        try:
+            async with dask_anyio.subtasks() as ex:
+                ex.submit(_leaf_coroutine, directory)
+        except Exception:
+            pass
+        await asyncio.Event().wait()
+    finally:
+        _mark(directory, "ended", uuid.uuid4().hex)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
+import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,6 +43,11 @@ Ts = TypeVarTuple("Ts")
 __all__ = ["CoreRunner", "LoopToken", "current_loop_token", "open_core_runner", "run_on_loop"]
 
 LOOP_THREAD_NAME = "dask-anyio-loop"
+#: How long :meth:`CoreRunner.finish` goes on after its caller was cancelled (a scheduler
+#: that does not answer): then it gives up, as a cancelled call does.
+FINISH_PATIENCE = 10.0
+
+logger = logging.getLogger("dask_anyio")
 
 
 class LoopToken:
@@ -145,25 +152,29 @@ class CoreRunner(Protocol):
     ) -> T:  # pragma: no cover - protocol
         """Run the coroutine ``fn(*args)`` on the core loop to its end, whatever happens to
         the caller: for cleanup (a release, a close) and for requests that must not be cut
-        short (one that takes an item). Checkpoint, but nothing cancels it: anyio's
-        cancellation waits, and so does asyncio's own (``Task.cancel()``, an
-        ``asyncio.timeout``), which passes anyio's shields; once ``fn`` has ended, such a
-        cancellation is raised, and ``dropped(result)`` gets what ``fn`` returned, on the
-        core loop."""
+        short (one that takes an item). Not a checkpoint: it runs in a cancelled scope too,
+        and nothing cancels it: anyio's cancellation waits, and so does asyncio's own
+        (``Task.cancel()``, an ``asyncio.timeout``), which passes anyio's shields; once
+        ``fn`` has ended, such a cancellation is raised, and ``dropped(result)`` gets what
+        ``fn`` returned, on the core loop. After :data:`FINISH_PATIENCE` seconds of waiting
+        for a cancelled caller (a scheduler that does not answer), it gives up: ``fn`` is
+        cancelled, with a warning."""
         ...
 
 
-async def _wait_to_end(done: anyio.Event) -> None:
+async def _wait_to_end(done: anyio.Event, patience: float = math.inf) -> bool:
     """Wait for ``done``, shielded, also through asyncio's own cancellations (which pass
-    anyio's shields): each one is taken and the wait goes on. The caller raises one of them
+    anyio's shields): each one is taken and the wait goes on, for ``patience`` seconds at
+    most. Return whether ``done`` is set. The caller raises one of the cancellations
     afterwards."""
+    deadline = anyio.current_time() + patience
     while True:
         try:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True, deadline=deadline):
                 await done.wait()
         except anyio.get_cancelled_exc_class():  # (the caller raises one afterwards)
             continue
-        return
+        return done.is_set()
 
 
 async def _run_as_core_task(
@@ -204,9 +215,17 @@ async def _run_as_core_task(
     try:
         await done.wait()
     except BaseException:
+        if not cancellable and not await _wait_to_end(done, FINISH_PATIENCE):
+            logger.warning(
+                "a cleanup request of the executor (%s) did not end within %g s of its "
+                "caller's cancellation: given up",
+                getattr(fn, "__qualname__", fn),
+                FINISH_PATIENCE,
+            )
+            cancellable = True
         if cancellable:
             core.run_sync_soon(cancel)
-        await _wait_to_end(done)
+            await _wait_to_end(done)
         # (task.exception(): retrieved, so that asyncio does not log it as never retrieved)
         if task is not None and not task.cancelled() and task.exception() is None and dropped:
             core.run_sync_soon(dropped, task.result())

@@ -59,8 +59,10 @@ async def wait_forgotten(
     A task cancelled before it finished may still be closing a subtasks scope on its worker:
     until that scope's children are forgotten too, it holds the task's *marker*
     (:func:`marker_of`), which is waited for here. A marker that the scheduler does not hold
-    is none to wait for: a scope that started after its task was cancelled on the scheduler
-    gives up before it starts any task (:mod:`._owned`).
+    once the barrier (sent after the cancel) has arrived is none to wait for: its scope, if
+    it opens, sees its task gone and gives up before it starts any task (:mod:`._owned`). A
+    marker may arrive after the cancel was sent but before the cancel arrives (the status
+    query can overtake the batched cancel): hence the barrier first.
     """
     remaining = list(keys)
     if not remaining or client.status != "running":
@@ -82,7 +84,6 @@ async def wait_forgotten(
                     logger.debug("scheduler unreachable while releasing keys", exc_info=True)
                     return
                 held = {k for k, st in states.items() if st not in (None, "forgotten")}
-                markers = [m for m in markers if m in held]
                 if barrier is not None and barrier.key in held:
                     # Everything sent before the barrier has arrived: what is absent
                     # now is gone, what is held is someone else's (see above). Let the
@@ -97,6 +98,8 @@ async def wait_forgotten(
                     remaining.append(barrier.key)
                     barrier, barrier_passed = None, True
                 seen.update(held)
+                if barrier_passed:  # (a marker sent before our cancel is there by now)
+                    markers = [m for m in markers if m in held]
                 remaining = [k for k in remaining if k in held or k not in seen]
                 if not remaining and not markers:
                     return

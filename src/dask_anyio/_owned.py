@@ -18,7 +18,7 @@ from typing import Any
 
 import distributed
 
-from ._connect import open_connection
+from ._connect import open_connection, seconds_to_connect
 from ._core import DaskCore
 from ._forget import NEVER, marker_of, wait_forgotten
 from ._running import CancelledOnWorker
@@ -42,7 +42,9 @@ class OwnedCore(DaskCore):
         """
         core = cls(await open_connection(**arguments))
         try:
-            await core._hold_marker(owner)
+            patience = seconds_to_connect(arguments.get("connect_timeout"))
+            async with asyncio.timeout(patience):
+                await core._hold_marker(owner)
         except BaseException:
             await core.close()
             raise
@@ -60,6 +62,8 @@ class OwnedCore(DaskCore):
             states = await scheduler.get_task_status(keys=[key, owner])
             if states.get(key) is not None:
                 break
+            if self._marker.status in ("error", "cancelled", "lost"):
+                raise RuntimeError(f"the scheduler refused the subtasks marker of {owner!r}")
             await asyncio.sleep(delay)
             delay = min(2 * delay, 0.02)
         if states.get(owner) in _GONE:

@@ -6,10 +6,12 @@ result is then dropped). :func:`checkpoint` lets a task look: it reads the worke
 of the task running in the calling thread, and raises :exc:`CancelledOnWorker` once the
 worker no longer wants it.
 
-This reads two of Dask's internals, in this module only: the key of the task a thread runs
-(``dask.context.thread_state.key``, set by the worker around each task) and the worker's
+This reads three of Dask's internals, in this module only: the key of the task a thread runs
+(``dask.context.thread_state.key``, set by the worker around each task), the worker's
 state machine (``Worker.state.tasks[key].state``, written by the worker's event loop; a
-``TaskState`` stays in place until its task returns, so one lookup per task suffices).
+``TaskState`` stays in place until its task returns, so one lookup per task suffices), and
+whether a task's thread seceded from the worker's pool (``proceed`` of the pool's own
+thread state, see :func:`secede_once`).
 """
 
 from __future__ import annotations
@@ -29,13 +31,20 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import cloudpickle
 from dask.context import thread_state
-from distributed import Worker, get_worker
+from distributed import Worker, get_worker, secede
 from distributed.core import Status
 
 from . import _child
 from ._running import RUNNING_STATES, CancelledOnWorker, RunningTask, running_as, watch_task
 
-__all__ = ["CancelledOnWorker", "checkpoint", "kill_on_cancel", "new_actor", "run_coroutine"]
+__all__ = [
+    "CancelledOnWorker",
+    "checkpoint",
+    "kill_on_cancel",
+    "new_actor",
+    "run_coroutine",
+    "secede_once",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -108,29 +117,20 @@ async def run_coroutine(
     """
     worker = get_worker()
     task = RunningTask(key, worker, on_loop=True)
-    inner: asyncio.Task[Any] | None = None
-    stopped = False
-
-    def stop() -> None:
-        nonlocal stopped
-        stopped = True
-        # The subtasks scopes that the coroutine holds are cancelled instead: their exits
-        # cancel the children on the scheduler, then raise CancelledOnWorker.
-        if not task.stop() and inner is not None:
-            inner.cancel()
-
-    unwatch = await watch_task(worker, key, stop)
+    unwatch = await watch_task(worker, key, task.stop)
     try:
         # (in a context of its own, where subtasks() finds the task)
         inner = asyncio.get_running_loop().create_task(
             fn(*args, **kwargs), context=running_as(task)
         )
-        if stopped:  # cancelled before it was watched
-            inner.cancel()
+        # Once the task stops: the subtasks scopes the coroutine holds are cancelled first
+        # (their exits cancel the children on the scheduler, then raise CancelledOnWorker),
+        # and the coroutine itself once it has left them, or at once if it holds none.
+        task.cancel_rest_with(inner.cancel)
         return await inner
     except asyncio.CancelledError:
         current = asyncio.current_task()
-        if stopped and (current is None or not current.cancelling()):
+        if task.stopped and (current is None or not current.cancelling()):
             raise CancelledOnWorker(f"task {key!r} was cancelled") from None
         raise  # the worker is closing
     finally:
@@ -303,6 +303,16 @@ def new_actor(cls: Callable[..., T], args: Sequence[Any], kwargs: Mapping[str, A
     actor = cls(*args, **kwargs)
     tblib.pickling_support.install()
     return actor
+
+
+def secede_once() -> None:
+    """:func:`distributed.secede` for the task running in this thread, unless its thread
+    seceded already (a second ``run_async``, or inside ``worker_client``): Dask's own
+    raises then. Dask's pool marks a seceded thread in its own thread state."""
+    from distributed.threadpoolexecutor import thread_state as pool_thread
+
+    if getattr(pool_thread, "proceed", True):
+        secede()
 
 
 def _worker_or_none() -> Worker | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import time
 import weakref
 from collections.abc import Callable
@@ -31,6 +32,8 @@ __all__ = [
     "watch_task",
 ]
 
+logger = logging.getLogger("dask_anyio")
+
 #: States of a task that its worker still wants to run. A cancelled running task is
 #: ``cancelled``, or ``resumed`` if its key is wanted again as data from elsewhere.
 RUNNING_STATES = frozenset({"executing", "long-running"})
@@ -44,7 +47,8 @@ class CancelledOnWorker(Reschedule):
     worker handles without logging an error: the task ends, its worker thread is free again,
     and nothing is reported (if someone wants the key again, Dask runs the task again). It
     is an :exc:`Exception`: a bare ``except Exception`` in the task would catch it, but the
-    next :func:`checkpoint` raises it again.
+    next :func:`checkpoint` raises it again, and a coroutine task that caught a subtasks
+    scope's is cancelled (:exc:`asyncio.CancelledError`) once it has left its scopes.
     """
 
 
@@ -65,29 +69,48 @@ class RunningTask:
         self.stopped = False
         self.seceded = False
         self._hooks: list[Callable[[], object]] = []
+        #: How many hooks were added and not removed yet (called or not).
+        self._open = 0
+        #: What stops the rest of the task's code (a coroutine task's Task.cancel): called
+        #: when the task stops with no hook open, or once the last open one is removed.
+        self._cancel_rest: Callable[[], object] | None = None
 
-    def stop(self) -> bool:
+    def stop(self) -> None:
         """The worker stopped wanting the task: call the hooks (once). On the worker's loop.
-        Return whether there were hooks to call."""
+        With no hook open, stop the rest of the task's code at once."""
         if self.stopped:
-            return True
+            return
         self.stopped = True
         hooks, self._hooks = self._hooks, []
         for hook in hooks:
-            hook()
-        return bool(hooks)
+            _call(hook)
+        if not self._open and self._cancel_rest is not None:
+            _call(self._cancel_rest)
+
+    def cancel_rest_with(self, cancel: Callable[[], object]) -> None:
+        """What stops the task's code outside its hooks' scopes (see ``_cancel_rest``);
+        called at once if the task stopped already. On the worker's loop."""
+        self._cancel_rest = cancel
+        if self.stopped and not self._open:
+            _call(cancel)
 
     def add_hook(self, hook: Callable[[], object]) -> None:
         """Call ``hook()`` when the task stops, at once if it has. On the worker's loop."""
+        self._open += 1
         if self.stopped:
-            hook()
+            _call(hook)
         else:
             self._hooks.append(hook)
 
     def remove_hook(self, hook: Callable[[], object]) -> None:
-        """On the worker's loop; nothing to do if the hook ran already."""
+        """The hook's scope is left (its hook called or not). On the worker's loop. Once a
+        stopped task's last scope is left, the rest of its code is stopped too: a scope's
+        CancelledOnWorker, caught by the task's code, does not let it run on."""
         if hook in self._hooks:
             self._hooks.remove(hook)
+        self._open -= 1
+        if self.stopped and not self._open and self._cancel_rest is not None:
+            _call(self._cancel_rest)
 
     def secede_on_loop(self) -> None:
         """Free the task's slot of the worker's threads, as :func:`distributed.secede` does
@@ -105,6 +128,14 @@ class RunningTask:
 
     def cancelled(self) -> CancelledOnWorker:
         return CancelledOnWorker(f"task {self.key!r} was cancelled")
+
+
+def _call(hook: Callable[[], object]) -> None:
+    """Call ``hook()``; an error is logged, and the other hooks still run."""
+    try:
+        hook()
+    except Exception:
+        logger.exception("dask-anyio could not stop a part of a cancelled task")
 
 
 _current: contextvars.ContextVar[RunningTask | None] = contextvars.ContextVar(

@@ -30,6 +30,7 @@ from ._core import DaskCore
 from ._executor import DaskExecutor, executor_over
 from ._options import Source
 from ._owned import OwnedCore
+from ._remote import secede_once
 from ._running import (
     RunningTask,
     current_task,
@@ -151,7 +152,7 @@ def run_async(
     if key is None or getattr(thread_state, "actor", False):
         raise RuntimeError(f"dask_anyio.run_async() was called outside a task: {_WHERE}")
     worker = distributed.get_worker()
-    distributed.secede()
+    secede_once()
     task = RunningTask(key, worker, on_loop=False)
     run = functools.partial(anyio.run, backend=backend, backend_options=backend_options)
     result: T = running_as(task).run(run, _run_owned, task, fn, args)
