@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.to_thread
+import distributed
 import psutil
 import pytest
 
 import dask_anyio
 from dask_anyio import CancelledOnWorker, DaskExecutor
 from dask_anyio._owned import OwnedCore
+from dask_anyio._remote import run_coroutine
 
 from . import tree_tasks
 from .conftest import ExternalCluster
@@ -144,6 +148,35 @@ async def test_cancelling_the_root_cancels_the_whole_tree(
         await _wait_dead([int(p.read_text()) for p in _marks(tmp_path, "started")])
     else:
         await _wait_marks(tmp_path, "stopped", 8)
+
+
+async def test_a_root_whose_key_is_released_cancels_its_tree(
+    external_cluster: ExternalCluster, tmp_path: Path
+) -> None:
+    """A root released by its client without a cancel (Dask's own client dropping its
+    future, as when its caller goes) stops as a cancelled one does: its tree goes."""
+    key = f"blocked-released-{tmp_path.name}"
+
+    def submit_then_release() -> None:
+        with distributed.Client(external_cluster.address, set_as_default=False) as client:
+            future = client.submit(
+                run_coroutine,
+                key,
+                tree_tasks.blocked,
+                (3, str(tmp_path), "coroutine"),
+                {},
+                key=key,
+                pure=False,
+            )
+            with anyio.from_thread.start_blocking_portal() as portal:
+                portal.call(_wait_marks, tmp_path, "started", 8)
+            future.release()
+
+    await anyio.to_thread.run_sync(submit_then_release)
+    await _wait_marks(tmp_path, "stopped", 8)
+    await external_cluster.wait_forgotten("blocked")
+    await external_cluster.wait_forgotten("dask-anyio-subtasks-blocked")
+    assert not _tree_keys(external_cluster)
 
 
 async def test_a_tree_wider_than_the_cluster_cancels_without_deadlock(
