@@ -45,6 +45,9 @@ METRICS: dict[str, tuple[str, str, str, bool]] = {
     "tree: cancel to all forgotten": ("tree_cancel", "all_forgotten", "ms", False),
     "subtasks(): round trip": ("subtasks_cost", "subtasks", "ms", False),
     "subtasks(): overhead": ("subtasks_cost", "overhead", "ms", False),
+    "loop lateness": ("loop_lateness", "lateness", "ms", False),
+    "loop lateness p99": ("loop_lateness", "lateness_p99", "ms", False),
+    "loop lateness max": ("loop_lateness", "lateness_max", "ms", False),
     "memory per pending task": ("memory_per_pending", "bytes_per_task", "bytes", False),
     "large result": ("large_result", "seconds", "ms", False),
 }
@@ -201,6 +204,8 @@ def markdown(data: dict[str, Any]) -> str:
         "from the root's cancel to the moment the scheduler forgot the last task and marker of "
         "a running tree of 15 tasks (timed on the scheduler); a coroutine task that opens an "
         "empty subtasks scope, and its cost over a plain coroutine task, pair by pair.",
+        "*loop lateness*: how late a heartbeat on the caller's loop (sleeping 5 ms at a time) "
+        "wakes while bursts of concurrent run() calls go on; p99 and max per repetition.",
     ]
     if data["skipped"]:
         lines.append("Left out: " + "; ".join(f"{c} ({why})" for c, why in data["skipped"].items()))

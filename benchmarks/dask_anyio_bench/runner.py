@@ -62,6 +62,8 @@ class Plan:
     #: Samples of the task-tree workloads.
     trees: int = 20
     subtasks_trips: int = 30
+    #: Concurrent run() calls per burst while the heartbeat measures the loop's lateness.
+    lateness_calls: int = 200
     large_result: int = 100 * MIB
     workers: int = 1
     threads: int = 2
@@ -88,6 +90,7 @@ class Plan:
             ("kill_on_cancel_trip", self.kill_trips),
             ("tree_cancel", self.trees),
             ("subtasks_cost", self.subtasks_trips),
+            ("loop_lateness", self.lateness_calls),
         ]
         if repetition == 0:
             work += [("memory_per_pending", self.pending), ("large_result", self.large_result)]
@@ -109,6 +112,7 @@ WORKLOADS = (
     "kill_on_cancel_trip",
     "tree_cancel",
     "subtasks_cost",
+    "loop_lateness",
     "memory_per_pending",
     "large_result",
 )
@@ -128,6 +132,7 @@ QUICK = Plan(
     kill_trips=2,
     trees=2,
     subtasks_trips=3,
+    lateness_calls=20,
     large_result=16 * MIB,
     process_timeout=120,
 )

@@ -36,6 +36,7 @@ import distributed
 
 from . import tasks
 from .contenders import CONTENDERS, OPEN, Session
+from .lateness import loop_lateness
 from .tasks import bench_cancel_target, leaf, link, noop, payload, pending, total, trip
 from .trees import subtasks_cost, tree_cancel
 
@@ -426,6 +427,7 @@ PLAIN: dict[str, Callable[[Session, int], Awaitable[dict[str, Any]]]] = {
     "large_result": large_result,
     "kill_on_cancel_trip": kill_on_cancel_trip,
     "subtasks_cost": subtasks_cost,
+    "loop_lateness": loop_lateness,
 }
 WITH_OBSERVER: dict[str, Callable[[Session, Observer, int], Awaitable[dict[str, Any]]]] = {
     "cancel_latency": cancel_latency,
