@@ -43,9 +43,8 @@ async def bench_empty_scope() -> None:
 
 def tree_keys(dask_scheduler: Any) -> int:
     """How many keys of trees (tasks and markers) the scheduler holds now."""
-    return sum(
-        isinstance(k, str) and k.startswith(TREE_TARGET) for k in dask_scheduler.tasks
-    ) + sum(isinstance(k, str) and k.startswith(TREE_MARKERS) for k in dask_scheduler.tasks)
+    prefixes = (TREE_TARGET, TREE_MARKERS)
+    return sum(isinstance(k, str) and k.startswith(prefixes) for k in dask_scheduler.tasks)
 
 
 async def tree_cancel(session: Session, observer: Any, n: int) -> dict[str, Any]:

@@ -70,6 +70,13 @@ def _packed(value: Any) -> Any:
     return value if type(value) in _AS_IS else {PICKLED: pickle.dumps(value)}
 
 
+def _item_request(item: Any) -> dict[str, Any]:
+    """How a queue's handler takes ``item``: a Future's key, or packed data."""
+    if isinstance(item, distributed.Future):
+        return {"key": item.key}
+    return {"data": _packed(item)}
+
+
 def _unpacked(value: Any) -> Any:
     if type(value) is dict and len(value) == 1 and PICKLED in value:
         return pickle.loads(value[PICKLED])
@@ -101,10 +108,7 @@ class Exchange:
         """Put ``item`` (a Future: its key) in the queue ``name``: ``None``; or
         :data:`NOTHING` if the queue stayed full, :data:`UNKNOWN` if the scheduler did not
         know the key, for :data:`PROMPT`."""
-        request: dict[str, Any] = {"data": _packed(item)}
-        if isinstance(item, distributed.Future):
-            request = {"key": item.key}
-        reply = await self._ask("queue_put", name=name, maxsize=maxsize, **request)
+        reply = await self._ask("queue_put", name=name, maxsize=maxsize, **_item_request(item))
         if reply is MISSING:
             return MISSING
         if reply == EMPTY:
@@ -135,9 +139,7 @@ class Exchange:
             task.add_done_callback(self._giving_back.discard)
 
     async def _give_back(self, name: str, maxsize: int, item: Any) -> None:
-        request: dict[str, Any] = {"data": _packed(item)}
-        if isinstance(item, distributed.Future):
-            request = {"key": item.key}
+        request = _item_request(item)
         for _ in range(25):  # (the handlers may need registering again)
             if self._client.status != "running":
                 break

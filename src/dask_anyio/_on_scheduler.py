@@ -87,16 +87,12 @@ class ExchangeHandlers(SchedulerPlugin):
             if loop.time() > deadline:
                 return UNKNOWN_KEY
             await asyncio.sleep(0.01)
-        record = {"type": "Future", "value": key}
-        if key is None:
-            record = {"type": "msgpack", "value": data}
         try:
-            await wait_for(queue.put(record), max(0.0, deadline - loop.time()))
+            await wait_for(queue.put(_record(key, data)), max(0.0, deadline - loop.time()))
         except TimeoutError:
             return EMPTY
         if key is not None:  # (no await since the put: no get can have taken it yet)
-            scheduler.extensions["queues"].future_refcount[name, key] += 1
-            scheduler.client_desires_keys(keys=[key], client=f"queue-{name}")
+            self._hold(name, key)
         return OK
 
     def queue_unget(
@@ -106,22 +102,22 @@ class ExchangeHandlers(SchedulerPlugin):
         of the queue, where it was taken from (past ``maxsize``: its place was kept), to the
         next getter waiting if there is one. :data:`OK`, or :data:`UNKNOWN_KEY` for a key the
         scheduler forgot meanwhile."""
-        scheduler = self._scheduler
         queue: Any = self._queue(name, maxsize)
-        record = {"type": "Future", "value": key}
-        if key is None:
-            record = {"type": "msgpack", "value": data}
-        elif key not in scheduler.tasks:
-            return UNKNOWN_KEY
-        else:
-            scheduler.extensions["queues"].future_refcount[name, key] += 1
-            scheduler.client_desires_keys(keys=[key], client=f"queue-{name}")
+        if key is not None:
+            if key not in self._scheduler.tasks:
+                return UNKNOWN_KEY
+            self._hold(name, key)
         # asyncio.Queue.put_nowait(), at the head and past maxsize
-        queue._queue.appendleft(record)
+        queue._queue.appendleft(_record(key, data))
         queue._unfinished_tasks += 1
         queue._finished.clear()
         queue._wakeup_next(queue._getters)
         return OK
+
+    def _hold(self, name: str, key: Any) -> None:
+        """The queue ``name`` holds ``key`` (as Dask's own queue's put does)."""
+        self._scheduler.extensions["queues"].future_refcount[name, key] += 1
+        self._scheduler.client_desires_keys(keys=[key], client=f"queue-{name}")
 
     def queue_size(self, name: str, maxsize: int) -> dict[str, Any]:
         return {"status": "OK", "size": self._queue(name, maxsize).qsize()}
@@ -141,6 +137,13 @@ class ExchangeHandlers(SchedulerPlugin):
         later request may overtake)."""
         await self._scheduler.extensions["variables"].delete(name=name)
         return OK
+
+
+def _record(key: Any, data: Any) -> dict[str, Any]:
+    """A queue's item as Dask's queue keeps it: a key, or data."""
+    if key is None:
+        return {"type": "msgpack", "value": data}
+    return {"type": "Future", "value": key}
 
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

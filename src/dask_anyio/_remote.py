@@ -131,7 +131,7 @@ async def run_coroutine(
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if task.stopped and (current is None or not current.cancelling()):
-            raise CancelledOnWorker(f"task {key!r} was cancelled") from None
+            raise task.cancelled() from None
         raise  # the worker is closing
     finally:
         unwatch()

@@ -138,8 +138,8 @@ class Queue:
     0.2 s while the scheduler answers promptly. Under asyncio's own cancellation
     (``Task.cancel()``, ``asyncio.timeout``), which anyio's shields do not stop, a get that
     took an item as it was cancelled gives it back to the head of the queue, and a put that
-    raised ``CancelledError`` may have put its item. The queue lives on the scheduler as long as the
-    scheduler does (as Dask's), its items with it.
+    raised ``CancelledError`` may have put its item. The queue lives on the scheduler as
+    long as the scheduler does (as Dask's), its items with it.
     """
 
     def __init__(self, scope: ExecutorScope, name: str, maxsize: int) -> None:

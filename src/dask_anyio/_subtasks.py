@@ -117,10 +117,7 @@ def _owned_executor(task: RunningTask, connect_timeout: float | str | None) -> D
 
 
 def _on_loop_of(task: RunningTask) -> bool:
-    try:
-        return asyncio.get_running_loop() is task.loop
-    except RuntimeError:  # no asyncio loop runs here
-        return False
+    return _running_loop() is task.loop
 
 
 def run_async(
