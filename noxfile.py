@@ -24,8 +24,9 @@ TEST_DEPS = [
     "nbformat",
     "ipykernel",
 ]
-#: The benchmarks' contender trio-asyncio, and their chart.
-BENCH_DEPS = ["trio-asyncio>=0.15", "matplotlib>=3.8"]
+#: The benchmarks' contender trio-asyncio, their chart, and the local offload's peer
+#: trio-parallel (anyio's to_process, the other one, comes with anyio).
+BENCH_DEPS = ["trio-asyncio>=0.15", "matplotlib>=3.8", "trio-parallel>=1.2"]
 
 
 @nox.session(python=PYTHON)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
+from dask_anyio import _child
+
 # Threads that distributed (and trio's thread cache, which runs the test harness in guest
 # mode) create once per process and keep: not ours to clean up.
 PROCESS_WIDE_THREADS = ("Dask-Callback-Thread", "Dask-Offload", "TCP-Executor", "Trio thread")
@@ -109,7 +111,11 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def assert_no_leaks(before: Snapshot, what: str) -> None:
     """Fail if threads, child processes or file descriptors grew since ``before``."""
     me = psutil.Process()
-    children = [c for c in me.children(recursive=True) if c.pid not in before.children]
+    children = [
+        c
+        for c in me.children(recursive=True)
+        if c.pid not in before.children and not _kept_warm(c, before)
+    ]
     _, alive = psutil.wait_procs(children, timeout=GRACE)
     threads = new_threads(before)
     fds = sorted(fd for fd, *_ in open_fds() - before.fds)
@@ -120,6 +126,15 @@ def assert_no_leaks(before: Snapshot, what: str) -> None:
         leaks.append(f"{len(fds)} file descriptor(s) ({described}); sockets: {_sockets(me)}")
     if leaks:
         pytest.fail(f"{what} left behind: " + "; ".join(leaks), pytrace=False)
+
+
+def _kept_warm(process: psutil.Process, before: Snapshot) -> bool:
+    """Whether ``process`` is a warm process of kill_on_cancel that a worker the session
+    keeps (one older than the test) holds for its next calls (it ends when idle too long, or
+    with its worker); the processes forked from it for calls are not."""
+    with contextlib.suppress(psutil.Error):
+        return process.ppid() in before.children and _child.__file__ in process.cmdline()
+    return False
 
 
 def _cmdline(process: psutil.Process) -> str:

@@ -15,7 +15,7 @@ LAYERS = {
     # what the whole package may use; imports nothing of it
     "foundation": ["_errors", "_logs", "_diagnose", "_client"],
     # worker side: runs in Dask's workers and their children
-    "worker": ["_child", "_running", "_remote"],
+    "worker": ["_child", "_warm", "_running", "_remote"],
     # scheduler side: handlers that a plugin adds to the scheduler
     "scheduler": ["_on_scheduler"],
     # asyncio core: one distributed.Client on one asyncio loop; no anyio

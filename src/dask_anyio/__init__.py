@@ -4,8 +4,9 @@ Layers, lowest first; a module uses only the public names of the modules below i
 order is in ``tests/test_layers.py``, which fails on an import that points up):
 
 * shared: ``_errors`` (exceptions, cancel reasons), ``_logs``, ``_diagnose``, ``_client``.
-* worker side: ``_child``, ``_running`` (the running task, as its code sees it), ``_remote``
-  (``checkpoint``, ``kill_on_cancel``), run in workers.
+* worker side: ``_child`` (the warm process of ``kill_on_cancel`` calls, and the processes it
+  forks), ``_warm`` (a worker's pool of them), ``_running`` (the running task, as its code
+  sees it), ``_remote`` (``checkpoint``, ``kill_on_cancel``), run in workers.
 * ``_forget``, ``_transfer``, ``_leases``, ``_exchange``, ``_connect``, ``_core``: the
   asyncio core, one asynchronous :class:`distributed.Client` (and perhaps a cluster) on one
   asyncio loop. Knows nothing of anyio or trio.

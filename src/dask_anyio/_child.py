@@ -1,43 +1,48 @@
-"""The child process of a :func:`dask_anyio.kill_on_cancel` call, run by its path (``python
-.../_child.py FD``: importing the package would cost half a second). It reads the call from
-stdin (``sys.path`` first, then the function and its arguments, each pickled in a
-length-prefixed frame), runs it, and writes the outcome to file descriptor ``FD``, framed
-alike: ``("ok", value)`` or ``("error", exception)``, the exception with its traceback (and those of
-its causes), pickled by tblib as Dask does. A coroutine function's coroutine is run with
+"""The warm process of :func:`dask_anyio.kill_on_cancel` calls, run by its path (``python
+.../_child.py SOCKET LIFELINE``: importing the package would cost half a second).
+
+A worker starts it once and keeps it (see :mod:`dask_anyio._warm`); it runs no call itself.
+For each call, it reads the call from its Unix socket ``SOCKET`` (``sys.path``, then the
+pickled function and arguments, with the write end of the pipe for the outcome passed
+along), loads it (so that the modules the call needs are imported here, once, and stay
+imported), and forks: the forked process, in a process group of its own, runs the call,
+writes the outcome to its pipe (``("ok", value)`` or ``("error", exception)``, the
+exception with its traceback, pickled by tblib as Dask does; length-prefixed), winds up as a
+process does (its non-daemon threads joined, ``atexit`` handlers run, buffers flushed), and
+only then closes the pipe and exits, without tearing the interpreter down: the end of the
+pipe tells the worker that the call is over. A coroutine function's coroutine is run with
 :func:`asyncio.run`.
 
-The rest of stdin is the child's lifeline: the worker closes it once the call is over, or by
-dying, and the child then kills its own process group. The call itself gets an empty stdin.
+The warm process tells the worker the forked process's pid (``("started", pid)``), then its
+exit status (``("exited", status)``), and reaps it only when the worker says so
+(``("reap",)`` answered by ``("reaped",)``): until then the pid, and the id of its process
+group, stay taken, and the worker may kill the group without hitting another's.
 
-Only what a call needs is imported: :mod:`pickle` loads cloudpickle by itself if the call
-was pickled by value, and cloudpickle and tblib are imported only to send back what
-:mod:`pickle` cannot.
+``LIFELINE`` is the read end of a pipe whose write end only the worker holds: each forked
+process watches it, and kills its own process group when the worker closes it (once the
+worker lets the warm process go, or by dying). The warm process ends when its socket does.
+
+This process has one thread, so forking it is safe; only what a call needs is imported:
+:mod:`pickle` loads cloudpickle by itself if the call was pickled by value, and cloudpickle
+and tblib are imported only to send back what :mod:`pickle` cannot.
 """
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import os
 import pickle
+import socket
 import struct
 import sys
+import threading  # (here, not in each forked process: 1 ms a call)
 import types
-from typing import Any, BinaryIO
+from typing import Any
 
-__all__ = ["HEADER_SIZE", "complete", "header", "main", "read_frame"]
+__all__ = ["HEADER_SIZE", "complete", "header", "main", "read_message", "send_message"]
 
 _LENGTH = struct.Struct("!Q")
-
-
-def read_frame(stream: BinaryIO) -> bytes:
-    header = stream.read(_LENGTH.size)
-    if len(header) < _LENGTH.size:
-        raise EOFError("the worker closed the pipe")
-    (size,) = _LENGTH.unpack(header)
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError("the worker closed the pipe")
-    return data
-
 
 HEADER_SIZE = _LENGTH.size
 
@@ -48,13 +53,87 @@ def header(data: bytes) -> bytes:
 
 
 def complete(data: bytes) -> bool:
-    """Whether ``data`` is one whole frame (the outcome of a child that was not cut short)."""
+    """Whether ``data`` is one whole frame (the outcome of a call that was not cut short)."""
     return len(data) >= HEADER_SIZE and _LENGTH.unpack_from(data)[0] == len(data) - HEADER_SIZE
 
 
+def _read_exactly(sock: socket.socket, size: int, start: bytes = b"") -> bytes:
+    data = bytearray(start)
+    while len(data) < size:
+        chunk = sock.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            raise EOFError("the other end closed the socket")
+        data += chunk
+    return bytes(data)
+
+
+def read_message(sock: socket.socket, *, with_fd: bool = False) -> tuple[Any, list[int]]:
+    """One framed, pickled message from ``sock``, with the file descriptors sent along."""
+    if with_fd:
+        start, fds, _, _ = socket.recv_fds(sock, HEADER_SIZE, 1)
+        if not start:
+            raise EOFError("the other end closed the socket")
+    else:
+        start, fds = b"", []
+    (size,) = _LENGTH.unpack(_read_exactly(sock, HEADER_SIZE, start))
+    return pickle.loads(_read_exactly(sock, size)), fds
+
+
+def send_message(sock: socket.socket, message: Any, fd: int | None = None) -> None:
+    """Send ``message`` (and, along with its first bytes, the descriptor ``fd``)."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    frame = header(data)
+    if fd is not None:
+        socket.send_fds(sock, [frame], [fd])  # (a unix socket takes 8 bytes at once)
+        sock.sendall(data)
+    else:
+        sock.sendall(frame + data)
+
+
+def _raise(error: BaseException) -> None:
+    """The call that could not be loaded: the forked process reports ``error``."""
+    raise error
+
+
+def _serve(sock: socket.socket) -> tuple[Any, int] | None:
+    """Fork a process for each call the worker sends; in a forked process, return the call
+    and the descriptor its outcome goes to. Return ``None`` once the worker is gone."""
+    while True:
+        try:
+            (path, data), fds = read_message(sock, with_fd=True)
+        except (EOFError, OSError):
+            return None
+        sys.path[:] = path  # before the call's modules load
+        try:
+            call: Any = pickle.loads(data)  # its modules are imported here, and stay
+        except BaseException as error:  # reported by the forked process, as the call's
+            call = (_raise, (error,), {})
+        del data
+        pid = os.fork()
+        if pid == 0:
+            os.setpgid(0, 0)
+            sock.close()
+            return call, fds[0]
+        with contextlib.suppress(OSError):  # (also here: the worker may kill it at once)
+            os.setpgid(pid, pid)
+        os.close(fds[0])
+        del call
+        try:
+            send_message(sock, ("started", pid))
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            assert info is not None
+            killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+            send_message(sock, ("exited", -info.si_status if killed else info.si_status))
+            read_message(sock)  # ("reap",): the worker is done with the group
+            os.waitpid(pid, 0)
+            send_message(sock, ("reaped",))
+        except (EOFError, OSError):  # the worker is gone (the call's process ends with it)
+            return None
+
+
 def _lifeline(fd: int) -> None:
-    """Wait until the worker closes its end of the pipe ``fd`` (it does so once the call is
-    over, or by dying), then kill this process's group: nothing of the call outlives it."""
+    """Wait until the worker closes its end of the pipe ``fd`` (once it lets the warm process
+    go, or by dying), then kill this process's group: nothing of the call outlives it."""
     while os.read(fd, 1 << 16):
         pass
     import signal
@@ -72,22 +151,16 @@ def _dumps(outcome: tuple[str, Any]) -> bytes:
         return data
 
 
-def main() -> None:
-    result_fd = int(sys.argv[1])
+def _run(call: Any, result_fd: int, lifeline: int) -> None:
+    """Run ``call`` in this forked process, write its outcome to ``result_fd``, and exit."""
     os.set_inheritable(result_fd, False)  # (a process the call starts must not hold it open)
-    stdin = sys.stdin.buffer
-    sys.path[:] = pickle.loads(read_frame(stdin))  # before the function's modules load
-    fn, args, kwargs = pickle.loads(read_frame(stdin))
-    # The rest of stdin is the lifeline; the call gets an empty stdin, as a task has.
-    lifeline = os.dup(0)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    import threading
-
-    threading.Thread(target=_lifeline, args=(lifeline,), daemon=True).start()
+    _thread.start_new_thread(_lifeline, (lifeline,))  # (not joined at exit; no handshake)
+    if "numpy.random" in sys.modules:  # (as Python's random does at a fork: not every call
+        sys.modules["numpy.random"].seed()  # the same numbers, as no two processes have)
     outcome: tuple[str, Any]
     try:
+        fn, args, kwargs = call
+        del call
         value = fn(*args, **kwargs)
         if isinstance(value, types.CoroutineType):
             import asyncio
@@ -106,6 +179,35 @@ def main() -> None:
     with os.fdopen(result_fd, "wb") as out:
         out.write(header(data))
         out.write(data)
+        out.flush()
+        del outcome, data
+        _wind_up()
+    # The pipe's end tells the worker that the call is over: the rest is the kernel's.
+    os._exit(0)
+
+
+def _wind_up() -> None:
+    """What an interpreter does as it ends (non-daemon threads joined, ``atexit`` handlers
+    run, standard streams flushed), without the module teardown that follows: a forked copy
+    of a process that imported distributed takes about 100 ms over that."""
+    import atexit
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # (closed, replaced)
+            stream.flush()
+
+
+def main() -> None:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    lifeline = int(sys.argv[2])
+    os.set_inheritable(lifeline, False)
+    forked = _serve(sock)
+    if forked is not None:
+        _run(*forked, lifeline)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,8 @@ thread state, see :func:`secede_once`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import pickle
-import select
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -34,7 +27,7 @@ from dask.context import thread_state
 from distributed import Worker, get_worker, secede
 from distributed.core import Status
 
-from . import _child
+from . import _child, _warm
 from ._running import RUNNING_STATES, CancelledOnWorker, RunningTask, running_as, watch_task
 
 __all__ = [
@@ -139,10 +132,6 @@ async def run_coroutine(
 
 # -- hard cancellation ----------------------------------------------------------------------
 
-#: How often a worker thread waiting for a child process looks at its task's state.
-_POLL = 0.02
-#: How long a child that sent its outcome may take to exit before its group is killed.
-_EXIT_GRACE = 2.0
 #: Statuses of a worker that will not take the result of a running task.
 _CLOSING = frozenset({Status.closing, Status.closed, Status.failed})
 
@@ -152,26 +141,38 @@ class kill_on_cancel(Generic[P, T]):  # (lower case: used like a function, kill_
     task is cancelled: for code that cannot call :func:`checkpoint`.
 
     ``await ex.run(kill_on_cancel(fn), *args)``, or ``ex.submit(kill_on_cancel(fn), ...)``:
-    the worker thread starts a new Python process (the worker itself is not touched), sends
-    it the call, and waits for the outcome, looking every 20 ms whether the task is still
-    wanted. If it is not, or if the worker closes, the child and the processes it started
-    are killed (``SIGKILL`` to its process group), and the worker thread is free again. If
-    the worker process dies, the child kills its group itself.
+    the call runs in a process of its own, forked from a *warm process* that the worker keeps
+    (the worker itself is not touched), and the worker thread waits for the outcome, looking
+    every 20 ms whether the task is still wanted. If it is not, or if the worker closes, the
+    call's process and the processes it started are killed (``SIGKILL`` to its process
+    group), and the worker thread is free again. If the worker process dies, the call's
+    process kills its group itself.
+
+    The warm process imports the modules the call needs (to unpickle it) once, and keeps them
+    for the calls after: a call costs a fork, a few milliseconds, not a new interpreter.
+    Each call still starts from the warm process's state, not from what an earlier call left
+    (numpy's global random generator is reseeded, as Python's own is). A worker keeps one
+    warm process per call it runs at the same time; one idle for
+    ``dask-anyio.kill-on-cancel.idle-timeout`` (Dask's config, on the worker; default
+    ``60s``, ``0`` keeps none) ends, and all end with their worker. They keep the
+    environment and working directory the worker had when they started.
 
     The child's return value comes back as the task's result; its exception is raised on
     the worker with the child's traceback (as a plain task's would be). A coroutine
     function runs in the child under :func:`asyncio.run`.
 
     Processes that the call started in its process group end with it, also when it
-    returns (once the child exited by itself, its ``atexit`` handlers run, or after 2 s).
-    ``sys.exit()`` in the call is a :exc:`RuntimeError` of the task, not the worker's exit.
+    returns (once the call's process exited by itself: its non-daemon threads ended, its
+    ``atexit`` handlers ran; or after 2 s). ``sys.exit()`` in the call is a
+    :exc:`RuntimeError` of the task, not the worker's exit.
 
-    Trade-offs: each call starts a new interpreter, which imports ``fn``'s modules: about
-    40-50 ms more than a plain task for a builtin, 0.65-0.8 s more when the modules import
-    distributed (2 shared cores). The arguments and the result are pickled once more,
-    a killed call gets no chance to clean up (no ``finally``), and the child's memory is
-    outside Dask's limits of the worker. POSIX only. In the child,
-    :func:`distributed.get_worker` and :func:`checkpoint` have no worker to talk to.
+    Trade-offs: the first call on a worker (and each call beyond the number of warm
+    processes) starts a warm process, which imports ``fn``'s modules: about 40-50 ms, 0.4-0.8 s
+    when they import distributed (2 shared cores); each warm process holds the memory of
+    what it imported. The arguments and the result are pickled once more, a killed call gets
+    no chance to clean up (no ``finally``), and the processes' memory is outside Dask's
+    limits of the worker. POSIX only. In the child, :func:`distributed.get_worker` and
+    :func:`checkpoint` have no worker to talk to.
     """
 
     @overload
@@ -193,13 +194,6 @@ class kill_on_cancel(Generic[P, T]):  # (lower case: used like a function, kill_
         return result
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     key = getattr(thread_state, "key", None)
     state = _task_state(key) if key is not None else _ALWAYS_RUNNING
@@ -211,69 +205,10 @@ def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         if worker is not None and worker.status in _CLOSING:
             raise CancelledOnWorker(f"the worker is closing: the process of {key!r} is killed")
 
-    read_end, write_end = os.pipe()
-    try:
-        child = subprocess.Popen(
-            # by path, -P: neither the package (slow to import) nor the script's directory
-            [sys.executable, "-P", _child.__file__, str(write_end)],
-            stdin=subprocess.PIPE,
-            pass_fds=(write_end,),
-            start_new_session=True,  # its own process group: killed whole
-        )
-    except BaseException:
-        os.close(read_end)
-        os.close(write_end)
-        raise
-    os.close(write_end)
-    assert child.stdin is not None
-    chunks: list[bytes] = []
-    try:
-        # The call, then stdin stays open: the child's lifeline. If this process dies, the
-        # child reads the end of its stdin and kills its process group.
-        with contextlib.suppress(BrokenPipeError):  # it died: its exit status tells, below
-            for part in (pickle.dumps(sys.path), cloudpickle.dumps((fn, args, kwargs))):
-                child.stdin.write(_child.header(part))
-                child.stdin.write(part)
-            child.stdin.flush()
-        outcome = select.poll()
-        outcome.register(read_end, select.POLLIN)
-        while True:
-            check()
-            if outcome.poll(_POLL * 1000):
-                chunk = os.read(read_end, 1 << 20)
-                if not chunk:  # the child closed it: the outcome is in, or it died
-                    break
-                chunks.append(chunk)
-            elif _exited(child):  # (a process it forked may hold the pipe open)
-                os.set_blocking(read_end, False)
-                with contextlib.suppress(BlockingIOError):
-                    while chunk := os.read(read_end, 1 << 20):
-                        chunks.append(chunk)
-                break
-        # Let it exit as a process does (buffers flushed, atexit handlers run), for a while:
-        # a thread it left running would keep it alive.
-        delay, deadline = 0.0005, time.monotonic() + _EXIT_GRACE
-        while not _exited(child) and time.monotonic() < deadline:
-            check()
-            time.sleep(delay)
-            delay = min(2 * delay, _POLL)
-    finally:
-        os.close(read_end)
-        with contextlib.suppress(OSError):
-            child.stdin.close()
-        # The call's processes end with it: the child if it runs on, and whatever it
-        # started in its group. (Not reaped yet, the child's pid still names its group.)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-    data = b"".join(chunks)
+    data, status = _warm.run_call(fn, cloudpickle.dumps((fn, args, kwargs)), check, worker)
     if not _child.complete(data):
-        status = child.returncode
-        how = (
-            f"was killed by {_signal_name(-status)}"
-            if status < 0
-            else f"died with exit status {status}"
-        )
+        assert status is not None  # (known whenever the outcome is not whole)
+        how = _warm.how_it_ended(status)
         raise RuntimeError(f"the process running {fn!r} {how}, without an outcome")
     kind, value = pickle.loads(data[_child.HEADER_SIZE :])
     if kind == "ok":
@@ -282,15 +217,6 @@ def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         message = f"{fn!r} raised {value!r} in its process"
         raise RuntimeError(message) from value  # noqa: TRY004 - the call's outcome, not a type
     raise value
-
-
-def _exited(child: Any) -> bool:
-    """Whether the process ``child`` has ended, without reaping it: its pid, and the id of
-    its process group, stay taken until ``child.wait()``."""
-    try:
-        return os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:  # reaped by someone else
-        return True
 
 
 def new_actor(cls: Callable[..., T], args: Sequence[Any], kwargs: Mapping[str, Any]) -> T:

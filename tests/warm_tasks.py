@@ -1,0 +1,54 @@
+"""Task functions of the warm-process tests (tests/test_warm.py): importable by module
+name on the workers. This module imports numpy, as task code often does, and records which
+process imported it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+import numpy
+
+#: The process that imported this module.
+IMPORTED_BY = os.getpid()
+_calls = 0
+
+
+def process_ids() -> tuple[int, int, int]:
+    """This process, its parent, and the process that imported this module."""
+    return os.getpid(), os.getppid(), IMPORTED_BY
+
+
+def count_calls() -> int:
+    """How many calls this process's copy of the module has seen, this one included."""
+    global _calls
+    _calls += 1
+    return _calls
+
+
+def random_number() -> float:
+    """A number from numpy's global generator."""
+    return float(numpy.random.random())
+
+
+class SlowToLoad:
+    """An argument whose unpickling, in kill_on_cancel's warm process only (the worker
+    unpickles it too, as a task's argument), tells 127.0.0.1:``port`` the pid of the process
+    loading it, then never ends."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_forever, (self.port,))
+
+
+def _load_forever(port: int) -> SlowToLoad:
+    if not sys.argv[0].endswith("_child.py"):
+        return SlowToLoad(port)
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.sendall(b"%d\n" % os.getpid())
+    while True:
+        pass
