@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,7 +23,14 @@ from .conftest import ExternalCluster
 from .tasks import inc
 from .tasks import worker_pid as worker_pid_task
 from .test_remote_cancel import _accept, _alive
-from .warm_tasks import SlowToLoad, count_calls, process_ids, random_number
+from .warm_tasks import (
+    DiesWhileLoading,
+    SlowToLoad,
+    count_calls,
+    process_ids,
+    random_number,
+    use_a_thread_pool,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -165,3 +173,43 @@ def test_quick_calls_in_a_row_keep_the_conversation_in_step() -> None:
             assert pickle.loads(data[_child.HEADER_SIZE :]) == ("ok", -i)
     finally:
         pool.close()
+
+
+async def test_a_call_that_leaves_a_thread_pool_still_winds_up(
+    external_cluster: ExternalCluster, tmp_path: Path
+) -> None:
+    """A call that leaves a thread pool's worker waiting (concurrent.futures, as dask's
+    threaded scheduler does): its process winds up as an interpreter does, pools told to
+    stop before threads are joined, and its atexit handlers run."""
+    path = tmp_path / "at-exit"
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.run(kill_on_cancel(use_a_thread_pool), str(path)) == "done"
+    assert path.read_text() == "ran at exit"
+
+
+async def test_a_call_that_kills_its_warm_process_is_not_tried_again(
+    external_cluster: ExternalCluster, tmp_path: Path
+) -> None:
+    """Loading the call ends the warm process: the call fails naming the exit status, and
+    is not loaded again in another warm process (only one that ended while idle is
+    replaced)."""
+    slot = _slot(external_cluster)
+    path = tmp_path / "loads"
+    async with DaskExecutor(external_cluster.address) as ex:
+        await ex.retrieve(ex.submit(kill_on_cancel(process_ids), **slot))  # (one idle)
+        with pytest.raises(RuntimeError, match=r"len.* died with exit status 7"):
+            await ex.retrieve(ex.submit(kill_on_cancel(len), DiesWhileLoading(str(path)), **slot))
+    assert path.read_text() == "loaded\n"
+
+
+def test_calls_work_with_many_descriptors_open() -> None:
+    """A worker with more than 1024 descriptors open: its warm processes' sockets are
+    numbered past what select() takes. (Worker-side logic, run in-process.)"""
+    from dask_anyio import _remote
+
+    opened = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert _remote._run_in_child(abs, (-3,), {}) == 3
+    finally:
+        for fd in opened:
+            os.close(fd)

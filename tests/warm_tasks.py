@@ -14,6 +14,7 @@ import numpy
 #: The process that imported this module.
 IMPORTED_BY = os.getpid()
 _calls = 0
+_kept: list[Any] = []
 
 
 def process_ids() -> tuple[int, int, int]:
@@ -52,3 +53,40 @@ def _load_forever(port: int) -> SlowToLoad:
     connection.sendall(b"%d\n" % os.getpid())
     while True:
         pass
+
+
+def use_a_thread_pool(path: str) -> str:
+    """Leave a thread pool's worker thread waiting for work (as dask's threaded scheduler
+    does), and have ``path`` written at exit: the process must still wind up."""
+    import atexit
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    pool.submit(int).result()
+    _kept.append(pool)  # (as dask keeps its default pool: not collected at the return)
+
+    def write() -> None:
+        with open(path, "w") as file:
+            file.write("ran at exit")
+
+    atexit.register(write)
+    return "done"
+
+
+class DiesWhileLoading:
+    """An argument whose unpickling, in kill_on_cancel's warm process only, appends a line
+    to ``path`` and ends that process with exit status 7."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_and_die, (self.path,))
+
+
+def _load_and_die(path: str) -> DiesWhileLoading:
+    if not sys.argv[0].endswith("_child.py"):
+        return DiesWhileLoading(path)
+    with open(path, "a") as file:
+        file.write("loaded\n")
+    os._exit(7)

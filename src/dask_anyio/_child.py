@@ -192,9 +192,9 @@ def _wind_up() -> None:
     of a process that imported distributed takes about 100 ms over that."""
     import atexit
 
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    # As the interpreter does: the hooks of threading._register_atexit (concurrent.futures'
+    # pools are told to stop there), then non-daemon threads joined; then atexit's handlers.
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, OSError, ValueError):  # (closed, replaced)
@@ -205,9 +205,20 @@ def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     lifeline = int(sys.argv[2])
     os.set_inheritable(lifeline, False)
+    import warnings
+
+    # Imports may have started threads (a BLAS pool, say): forking then is what
+    # multiprocessing's "fork" does; Python 3.12 warns on every fork, to the worker's log.
+    warnings.filterwarnings("ignore", ".*multi-threaded.*fork", DeprecationWarning)
     forked = _serve(sock)
     if forked is not None:
-        _run(*forked, lifeline)
+        try:
+            _run(*forked, lifeline)
+        except BaseException:  # (not the call's: it is reported) no teardown of the copy
+            import traceback
+
+            traceback.print_exc()
+            os._exit(1)
 
 
 if __name__ == "__main__":

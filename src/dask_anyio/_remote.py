@@ -25,7 +25,6 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 import cloudpickle
 from dask.context import thread_state
 from distributed import Worker, get_worker, secede
-from distributed.core import Status
 
 from . import _child, _warm
 from ._running import RUNNING_STATES, CancelledOnWorker, RunningTask, running_as, watch_task
@@ -132,9 +131,6 @@ async def run_coroutine(
 
 # -- hard cancellation ----------------------------------------------------------------------
 
-#: Statuses of a worker that will not take the result of a running task.
-_CLOSING = frozenset({Status.closing, Status.closed, Status.failed})
-
 
 class kill_on_cancel(Generic[P, T]):  # (lower case: used like a function, kill_on_cancel(fn))
     """Wrap ``fn`` so that, as a task, it runs in a child process that is killed when the
@@ -202,7 +198,7 @@ def _run_in_child(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     def check() -> None:
         if state is None or state.state not in RUNNING_STATES:
             raise CancelledOnWorker(f"task {key!r} was cancelled: its process is killed")
-        if worker is not None and worker.status in _CLOSING:
+        if worker is not None and worker.status in _warm.CLOSING:
             raise CancelledOnWorker(f"the worker is closing: the process of {key!r} is killed")
 
     data, status = _warm.run_call(fn, cloudpickle.dumps((fn, args, kwargs)), check, worker)

@@ -31,11 +31,12 @@ from typing import Any
 import dask.config
 from dask.utils import parse_timedelta
 from distributed import Worker
+from distributed.core import Status
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import _child
 
-__all__ = ["IDLE_TIMEOUT", "Pool", "Warm", "how_it_ended", "run_call"]
+__all__ = ["CLOSING", "IDLE_TIMEOUT", "Pool", "Warm", "how_it_ended", "run_call"]
 
 #: Dask's config key of how long a warm process may stay idle.
 IDLE_TIMEOUT = "dask-anyio.kill-on-cancel.idle-timeout"
@@ -46,6 +47,8 @@ _POLL = 0.02
 EXIT_GRACE = 2.0
 #: How long a warm process may take to answer once its call's process was killed.
 _ANSWER_PATIENCE = 5.0
+#: Statuses of a worker that will not take the result of a running task.
+CLOSING = frozenset({Status.closing, Status.closed, Status.failed})
 
 
 class Lost(Exception):
@@ -92,13 +95,20 @@ class Warm:
             raise Lost from error
 
     def answer(self, patience: float | None = None) -> Any:
-        """The warm process's next message (waiting at most ``patience`` seconds)."""
-        if patience is not None and not select.select([self.sock], [], [], patience)[0]:
-            raise Lost
+        """The warm process's next message (waiting at most ``patience`` seconds for its
+        start, and for the rest of it)."""
+        if patience is not None:
+            ready = select.poll()  # (not select(): a worker may have 1024 descriptors open)
+            ready.register(self.sock, select.POLLIN)
+            if not ready.poll(patience * 1000):
+                raise Lost
+        self.sock.settimeout(patience)
         try:
             message, _ = _child.read_message(self.sock)
-        except (EOFError, OSError) as error:
+        except (EOFError, OSError) as error:  # (socket.timeout is an OSError)
             raise Lost from error
+        finally:
+            self.sock.settimeout(None)
         return message
 
     def close(self, *, kill: bool = False) -> int:
@@ -162,26 +172,32 @@ class Pool:
             self._closed = True
             idle, self._idle = self._idle, []
             self._changed.notify()
-        for warm in idle:
-            warm.close()
+        for warm in idle:  # (idle: killing them loses nothing, and takes no time)
+            warm.close(kill=True)
 
     def _reap(self) -> None:
         with self._changed:
-            while self._idle:
-                now = time.monotonic()
-                expired = [w for w in self._idle if now - w.idle_since >= self.idle_timeout]
-                if expired:
-                    self._idle = [w for w in self._idle if w not in expired]
-                    self._changed.release()
-                    try:
-                        for warm in expired:
-                            warm.close()
-                    finally:
-                        self._changed.acquire()
-                    continue
-                oldest = min(w.idle_since for w in self._idle)
-                self._changed.wait(oldest + self.idle_timeout - now)
-            self._reaper = None
+            try:
+                self._reap_expired()
+            finally:
+                self._reaper = None
+
+    def _reap_expired(self) -> None:
+        """Close the idle warm processes as they expire, until none is left."""
+        while self._idle:
+            now = time.monotonic()
+            expired = [w for w in self._idle if now - w.idle_since >= self.idle_timeout]
+            if expired:
+                self._idle = [w for w in self._idle if w not in expired]
+                self._changed.release()
+                try:
+                    for warm in expired:
+                        warm.close()
+                finally:
+                    self._changed.acquire()
+                continue
+            oldest = min(w.idle_since for w in self._idle)
+            self._changed.wait(oldest + self.idle_timeout - now)
 
 
 class _ClosePool(WorkerPlugin):
@@ -205,7 +221,7 @@ _pools_lock = threading.Lock()
 
 def _pool_of(worker: Worker | None) -> Pool | None:
     """The pool of ``worker``: made on its first call, let go when it closes."""
-    if worker is None:
+    if worker is None or worker.status in CLOSING:  # (its plugin would not end them)
         return None
     with _pools_lock:
         pool = _pools.get(worker.id)
@@ -226,15 +242,16 @@ def run_call(
     it runs: if ``check`` raises, the call's process group is killed and the error goes on.
     The outcome's bytes, and the exit status of the call's process if it ended before its
     pipe did (always when the outcome is not whole)."""
+    check()
     pool = _pool_of(worker)
     while True:
         warm, used = pool.take() if pool is not None else (Warm(), False)
         conversation = _Conversation(warm)
         try:
             outcome = conversation.run(data, check)
-        except Lost:
+        except Lost:  # (its lifeline ends: the call's process, if any, kills its group)
             status = warm.close(kill=True)
-            if conversation.pid is None and used:
+            if not conversation.sent and used:
                 continue  # it had ended while idle: another one takes the call
             raise RuntimeError(
                 f"the process running {fn!r} {how_it_ended(status)}, without an outcome"
@@ -276,12 +293,12 @@ class _Conversation:
         self.warm = warm
         self.pid: int | None = None
         self.status: int | None = None  # the call's process's exit status, once reported
+        self.sent = False
         self.reusable = False
 
     def run(self, data: bytes, check: Callable[[], None]) -> tuple[bytes, int | None]:
         """The outcome's bytes, and the exit status if the process ended before its pipe
         did (always when the outcome is not whole)."""
-        check()
         self.warm.settle()
         read_end, write_end = os.pipe()
         try:
@@ -291,8 +308,11 @@ class _Conversation:
                 raise Lost from error
             finally:
                 os.close(write_end)
+            self.sent = True
             try:
                 chunks = self._follow(read_end, check)
+            except Lost:
+                raise  # (the pid may name another's process by now: let the lifeline end it)
             except BaseException:
                 self._end(cut_short=True)
                 raise
@@ -347,8 +367,10 @@ class _Conversation:
         """Kill what is left of the call's group, and have its process reaped: at once if it
         was cut short (its exit awaited), else by the next conversation. Raises nothing: a
         warm process lost is not reused."""
-        if self.pid is None:
-            return  # (loading the call: not reusable)
+        if self.pid is None:  # (not reusable: it is let go)
+            if cut_short:
+                self._kill_a_fork_unheard_of()
+            return
         _kill_group(self.pid)  # the call's process if it runs on, and what it started
         with contextlib.suppress(Lost):
             self.warm.ask(("reap",))  # (read by the warm process once the process exited)
@@ -356,6 +378,18 @@ class _Conversation:
             if cut_short:  # reaped before the thread is free
                 self.warm.settle()
             self.reusable = True
+
+    def _kill_a_fork_unheard_of(self) -> None:
+        """Cut short before the word that the call's process started: the warm process may
+        be loading the call still, or have forked it already. Stopped (so that it reaps
+        nothing), what it sent is read: if it forked, the call's group is killed while its
+        pid is still taken. (Then the warm process is killed: see :func:`run_call`.)"""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.warm.process.pid, signal.SIGSTOP)
+        with contextlib.suppress(Lost):
+            message = self.warm.answer(0)
+            if message[0] == "started":
+                _kill_group(message[1])
 
 
 def _expected_size(chunks: list[bytes]) -> int:
