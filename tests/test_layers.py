@@ -34,6 +34,7 @@ LAYERS = {
     # anyio front end, on the caller's loop: state, then its parts, then the façade
     "front end": [
         "_signal",
+        "_pace",
         "_handle",
         "_options",
         "_gate",

@@ -15,9 +15,6 @@ import os
 from collections.abc import AsyncIterable, Callable, Hashable, Iterable, Mapping
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
-import anyio
-import anyio.lowlevel
-import anyio.to_thread
 import distributed
 from distributed.deploy.cluster import Cluster
 
@@ -209,8 +206,9 @@ class DaskExecutor(ExecutorCoordination):
         for Dask's options, use :meth:`submit` and :meth:`retrieve`.
         """
         fetcher = self._fetcher_open()
-        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing
-        handle = _work.submit(self._scope, fn, args, kwargs, _RUN_OPTIONS, "run")
+        await self._scope.pace.turn()  # (a cancelled caller starts nothing)
+        with self._scope.pace.spending():
+            handle = _work.submit(self._scope, fn, args, kwargs, _RUN_OPTIONS, "run")
         values, failure = await fetcher.results_of_call([handle])
         if failure is not None:  # raised here: the traceback shows one frame of ours
             raise failure

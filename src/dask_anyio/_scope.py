@@ -24,6 +24,7 @@ from ._gate import Gate, Phase
 from ._handle import TaskHandle, TaskStatus, state_of
 from ._host import start_background
 from ._options import Source, check_given_client, read_scheduler_file
+from ._pace import Pace
 from ._parts import Parts
 from ._tasks import TaskTable
 from ._watch import Watcher
@@ -47,6 +48,7 @@ class ExecutorScope:
     ) -> None:
         self.source: Source = source
         self.gate: Gate = Gate()
+        self.pace = Pace()
         self.runner: CoreRunner
         self.core: DaskCore
         self.tasks: TaskTable | None = None

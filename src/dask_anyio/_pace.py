@@ -1,0 +1,68 @@
+"""Pacing of submits from many tasks, so that the event loop stays responsive.
+
+Submitting a task costs its caller's loop a fraction of a millisecond (Dask builds the
+task's spec and its future, and hands the message to the client's loop). Two hundred
+``run()`` calls started at once all submit in the same turn of the loop: timers and I/O wait
+that long (tens of milliseconds), and under trio the work also contends for the GIL with
+the core's thread. :class:`Pace` gives each turn of the loop a budget of submitting
+(:data:`BUDGET`); a call that finds it spent waits for the next turn, as do the calls after
+it in that turn, and the first of them back in the next turn starts a new budget. A turn
+is told apart by time: a pause of :data:`PAUSE` between two submits means that the loop did
+something else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio.lowlevel
+
+__all__ = ["BUDGET", "PAUSE", "Pace", "clock"]
+
+#: Seconds of submitting that one turn of the loop may take.
+BUDGET = 0.002
+#: A pause between submits this long ends a run of them.
+PAUSE = 0.0005
+#: The clock (the tests' may replace it).
+clock = time.perf_counter
+
+
+class Pace:
+    """One loop's budget of submitting (front loop only)."""
+
+    def __init__(self) -> None:
+        self._spent = 0.0
+        self._last = 0.0
+        #: Counts budgets: a call that waited for a turn starts a new one, unless another
+        #: call back from the same wait did.
+        self._budget = 0
+
+    async def turn(self) -> None:
+        """Wait for a turn of the loop whose budget is not spent. Checkpoint if it waits,
+        else only if cancelled (a cancelled caller starts nothing)."""
+        if not self._spent_up():
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            return
+        while self._spent_up():
+            budget = self._budget
+            await anyio.lowlevel.checkpoint()
+            if self._budget == budget:  # the first back, in a new turn: a new budget
+                self._budget += 1
+                self._spent = 0.0
+
+    def _spent_up(self) -> bool:
+        return self._spent >= BUDGET and clock() - self._last <= PAUSE
+
+    @contextmanager
+    def spending(self) -> Iterator[None]:
+        """Count the time of the block as submitting."""
+        start = clock()
+        if start - self._last > PAUSE:
+            self._spent = 0.0
+        try:
+            yield
+        finally:
+            self._last = clock()
+            self._spent += self._last - start

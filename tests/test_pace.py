@@ -1,0 +1,86 @@
+"""Pacing of run() calls (dask_anyio._pace): a burst of calls submits over several turns of
+the event loop, a budget of submitting per turn, so that timers and I/O are not kept waiting.
+On the fake core, with a clock that only submitting advances: deterministic."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from dask_anyio import _pace
+
+from .fakecore import FakeCore
+
+pytestmark = pytest.mark.anyio
+
+#: What one submit costs on the fake clock.
+COST = 0.0003
+
+
+def work(x: int) -> int:
+    return x
+
+
+async def _submits_per_turn(monkeypatch: pytest.MonkeyPatch, calls: int) -> list[int]:
+    """Start ``calls`` run() calls at once; how many submits each turn of a ticker saw."""
+    now = [0.0]
+    monkeypatch.setattr(_pace, "clock", lambda: now[0])
+    core = FakeCore()
+    submit = core.submit
+
+    def costly_submit(*args: Any, **kwargs: Any) -> Any:
+        now[0] += COST
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(core, "submit", costly_submit)
+    seen: list[int] = []
+    async with core.executor() as ex, anyio.create_task_group() as tg:
+
+        async def tick() -> None:
+            while len(core.tasks) < calls:
+                seen.append(len(core.tasks))
+                await anyio.lowlevel.checkpoint()
+            seen.append(len(core.tasks))
+
+        tg.start_soon(tick)
+        for i in range(calls):
+            tg.start_soon(ex.run, work, i)
+        await anyio.wait_all_tasks_blocked()
+        for task in list(core.tasks):
+            core.finish(task)
+    core.check_clean()
+    assert seen[-1] == calls  # (the ticker's first step may come after some submits)
+    return [b - a for a, b in itertools.pairwise(seen)]
+
+
+async def test_a_burst_of_calls_submits_over_several_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """100 calls at once, 0.3 ms of submitting each: no turn of the loop submits much more
+    than its 2 ms budget (one submit may overrun it), and all of them are submitted. (A
+    ticker sees the turns: between two of its steps, one turn under asyncio, which runs
+    tasks in order; up to two under trio, which runs a turn's tasks in any order.) Without
+    pacing, all 100 are submitted in the first turn."""
+    per_turn = await _submits_per_turn(monkeypatch, 100)
+    most = 2 * (int(_pace.BUDGET / COST) + 1)
+    assert max(per_turn) <= most, per_turn
+    assert len([n for n in per_turn if n]) >= 100 // most
+
+
+async def test_calls_far_apart_never_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls one after another, each after a pause (the loop did other things): each
+    starts a budget of its own, and none waits for a turn."""
+    now = [0.0]
+    monkeypatch.setattr(_pace, "clock", lambda: now[0])
+    pace = _pace.Pace()
+    for _ in range(100):
+        now[0] += _pace.PAUSE * 2
+        await pace.turn()
+        assert pace._budget == 0
+        with pace.spending():
+            now[0] += COST
+        assert pace._spent == pytest.approx(COST)
