@@ -24,11 +24,12 @@ from .tasks import inc
 from .tasks import worker_pid as worker_pid_task
 from .test_remote_cancel import _accept, _alive
 from .warm_tasks import (
-    DiesWhileLoading,
-    SlowToLoad,
+    LoadedInTheWarmProcess,
     count_calls,
+    note_then_die,
     process_ids,
     random_number,
+    report_then_spin,
     use_a_thread_pool,
 )
 
@@ -105,7 +106,8 @@ async def test_a_call_cancelled_while_its_warm_process_loads_it(
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
         with anyio.CancelScope() as scope:
             async with DaskExecutor(external_cluster.address) as ex:
-                ex.submit(kill_on_cancel(len), SlowToLoad(port), **slot)
+                spinning = LoadedInTheWarmProcess(report_then_spin, port)
+                ex.submit(kill_on_cancel(len), spinning, **slot)
                 connection = await _accept(listener)
                 loading = int(await connection.receive())
                 scope.cancel()
@@ -197,8 +199,9 @@ async def test_a_call_that_kills_its_warm_process_is_not_tried_again(
     path = tmp_path / "loads"
     async with DaskExecutor(external_cluster.address) as ex:
         await ex.retrieve(ex.submit(kill_on_cancel(process_ids), **slot))  # (one idle)
+        dying = LoadedInTheWarmProcess(note_then_die, str(path))
         with pytest.raises(RuntimeError, match=r"len.* died with exit status 7"):
-            await ex.retrieve(ex.submit(kill_on_cancel(len), DiesWhileLoading(str(path)), **slot))
+            await ex.retrieve(ex.submit(kill_on_cancel(len), dying, **slot))
     assert path.read_text() == "loaded\n"
 
 

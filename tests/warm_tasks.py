@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy
@@ -34,25 +35,36 @@ def random_number() -> float:
     return float(numpy.random.random())
 
 
-class SlowToLoad:
+class LoadedInTheWarmProcess:
     """An argument whose unpickling, in kill_on_cancel's warm process only (the worker
-    unpickles it too, as a task's argument), tells 127.0.0.1:``port`` the pid of the process
-    loading it, then never ends."""
+    unpickles it too, as a task's argument), calls ``action(value)`` there."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, action: Callable[[Any], None], value: Any) -> None:
+        self.action, self.value = action, value
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_load_forever, (self.port,))
+        return (_load, (self.action, self.value))
 
 
-def _load_forever(port: int) -> SlowToLoad:
-    if not sys.argv[0].endswith("_child.py"):
-        return SlowToLoad(port)
+def _load(action: Callable[[Any], None], value: Any) -> LoadedInTheWarmProcess:
+    if sys.argv[0].endswith("_child.py"):
+        action(value)
+    return LoadedInTheWarmProcess(action, value)
+
+
+def report_then_spin(port: int) -> None:
+    """Tell 127.0.0.1:``port`` this process's pid, then never end."""
     connection = socket.create_connection(("127.0.0.1", port))
     connection.sendall(b"%d\n" % os.getpid())
     while True:
         pass
+
+
+def note_then_die(path: str) -> None:
+    """Append a line to ``path``, then end this process with exit status 7."""
+    with open(path, "a") as file:
+        file.write("loaded\n")
+    os._exit(7)
 
 
 def use_a_thread_pool(path: str) -> str:
@@ -71,22 +83,3 @@ def use_a_thread_pool(path: str) -> str:
 
     atexit.register(write)
     return "done"
-
-
-class DiesWhileLoading:
-    """An argument whose unpickling, in kill_on_cancel's warm process only, appends a line
-    to ``path`` and ends that process with exit status 7."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_load_and_die, (self.path,))
-
-
-def _load_and_die(path: str) -> DiesWhileLoading:
-    if not sys.argv[0].endswith("_child.py"):
-        return DiesWhileLoading(path)
-    with open(path, "a") as file:
-        file.write("loaded\n")
-    os._exit(7)

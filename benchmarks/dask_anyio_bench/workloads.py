@@ -133,14 +133,22 @@ async def _timed(unit: Callable[[], Awaitable[object]]) -> float:
     return time.perf_counter() - start
 
 
+async def _timed_with_cpu(unit: Callable[[], Awaitable[object]]) -> tuple[float, float]:
+    """Wall-clock seconds of ``unit``, and the CPU seconds this process (every thread of
+    the client's: the caller's loop, a core loop thread) spent meanwhile."""
+    cpu = time.process_time()
+    seconds = await _timed(unit)
+    return seconds, time.process_time() - cpu
+
+
 async def throughput_map(session: Session, n: int) -> dict[str, Any]:
     async with session.unit() as s:
 
         async def work() -> None:
             await s.gather(await s.map(noop, range(n)))
 
-        seconds = await _timed(work)
-    return {"seconds": seconds, "tasks_per_s": n / seconds}
+        seconds, cpu = await _timed_with_cpu(work)
+    return {"seconds": seconds, "tasks_per_s": n / seconds, "cpu_per_task": cpu / n * 1e6}
 
 
 async def throughput_submit(session: Session, n: int) -> dict[str, Any]:
@@ -149,8 +157,8 @@ async def throughput_submit(session: Session, n: int) -> dict[str, Any]:
         async def work() -> None:
             await s.gather([await s.submit(noop, i) for i in range(n)])
 
-        seconds = await _timed(work)
-    return {"seconds": seconds, "tasks_per_s": n / seconds}
+        seconds, cpu = await _timed_with_cpu(work)
+    return {"seconds": seconds, "tasks_per_s": n / seconds, "cpu_per_task": cpu / n * 1e6}
 
 
 async def round_trip(session: Session, n: int) -> dict[str, Any]:
