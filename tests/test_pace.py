@@ -84,3 +84,42 @@ async def test_calls_far_apart_never_wait(monkeypatch: pytest.MonkeyPatch) -> No
         with pace.spending():
             now[0] += COST
         assert pace._spent == pytest.approx(COST)
+
+
+async def test_calls_that_finish_together_take_their_values_over_several_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """100 pending calls whose tasks all finish at once: each completion is charged
+    COMPLETION, and they fetch their values over several turns of the loop, not in one;
+    every call gets its value. Without pacing, all 100 fetch in the first turn."""
+    monkeypatch.setattr(_pace, "clock", lambda: 0.0)  # (only the charges count)
+    core = FakeCore()
+    result = core.result
+    fetched: list[int] = []
+
+    async def counted_result(future: Any) -> Any:
+        fetched.append(1)
+        return await result(future)
+
+    monkeypatch.setattr(core, "result", counted_result)
+    values: list[int] = []
+    seen: list[int] = []
+    async with core.executor() as ex, anyio.create_task_group() as tg:
+
+        async def call(i: int) -> None:
+            values.append(await ex.run(work, i))
+
+        for i in range(100):
+            tg.start_soon(call, i)
+        await anyio.wait_all_tasks_blocked()
+        for task in list(core.tasks.values()):
+            core.finish(task.key, task.args[0] + 1)
+        while len(fetched) < 100:
+            seen.append(len(fetched))
+            await anyio.lowlevel.checkpoint()
+        seen.append(len(fetched))
+    core.check_clean()
+    assert sorted(values) == list(range(1, 101))
+    per_turn = [b - a for a, b in itertools.pairwise(seen)]
+    most = 2 * (int(_pace.BUDGET / _pace.COMPLETION) + 1)  # (two turns a step under trio)
+    assert max(per_turn) <= most, per_turn

@@ -20,6 +20,7 @@ from ._core import DaskCore
 from ._errors import CancelReason, TaskCancelled
 from ._gate import Gate
 from ._handle import SKIP, TaskHandle, map_handles, state_of
+from ._pace import COMPLETION, Pace
 from ._signal import Signal
 from ._tasks import TaskTable
 from ._watch import Watcher
@@ -31,9 +32,16 @@ class Fetcher:
     """Fetches values for one executor's front end. Front loop only."""
 
     def __init__(
-        self, runner: CoreRunner, core: DaskCore, gate: Gate, watcher: Watcher, table: TaskTable
+        self,
+        runner: CoreRunner,
+        core: DaskCore,
+        gate: Gate,
+        watcher: Watcher,
+        table: TaskTable,
+        pace: Pace,
     ) -> None:
         self._runner = runner
+        self._pace = pace
         self._core = core
         self._gate = gate
         self._watcher = watcher
@@ -51,6 +59,8 @@ class Fetcher:
         failure = await self._watcher.outcome(handle)
         if failure is not None:
             return None, failure
+        await self._pace.rest()  # (completions that came together: over several turns)
+        self._pace.charge(COMPLETION)
         try:
             return await self._runner.run(self._core.result, state_of(handle).future), None
         except FutureCancelledError:  # released or cancelled while its value was on the way

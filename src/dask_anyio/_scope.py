@@ -48,7 +48,7 @@ class ExecutorScope:
     ) -> None:
         self.source: Source = source
         self.gate: Gate = Gate()
-        self.pace = Pace()
+        self.pace: Pace = Pace()
         self.runner: CoreRunner
         self.core: DaskCore
         self.tasks: TaskTable | None = None
@@ -115,7 +115,7 @@ class ExecutorScope:
         tasks = self.tasks = TaskTable(
             runner, core, gate, watcher, tg, confirm_batch=self._confirm_batch
         )
-        self.fetcher = Fetcher(runner, core, gate, watcher, tasks)
+        self.fetcher = Fetcher(runner, core, gate, watcher, tasks, self.pace)
         self.parts = Parts(gate, tasks, watcher, self.fetcher, tg, runner.front)
 
     async def _start_core(self, address: str | None) -> None:
