@@ -123,3 +123,71 @@ async def test_calls_that_finish_together_take_their_values_over_several_turns(
     per_turn = [b - a for a, b in itertools.pairwise(seen)]
     most = 2 * (int(_pace.BUDGET / _pace.COMPLETION) + 1)  # (two turns a step under trio)
     assert max(per_turn) <= most, per_turn
+
+
+@pytest.mark.parametrize("race", [False, True], ids=["spent", "pause-over-meanwhile"])
+async def test_a_cancelled_caller_submits_nothing_while_the_budget_is_spent(
+    monkeypatch: pytest.MonkeyPatch, race: bool
+) -> None:
+    """The budget spent, a cancelled caller raises at its wait for a turn and submits
+    nothing: also when the clock, read again, says the pause has passed meanwhile (the
+    wait then still checkpoints once)."""
+    now = [0.0]
+    monkeypatch.setattr(_pace, "clock", lambda: now[0])
+    core = FakeCore()
+    async with core.executor() as ex:
+        with ex._scope.pace.spending():
+            now[0] += _pace.BUDGET
+        if race:  # the first look: spent; every look after: the pause is over
+            reads = itertools.chain([now[0]], itertools.repeat(now[0] + 2 * _pace.PAUSE))
+            monkeypatch.setattr(_pace, "clock", lambda: next(reads))
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await ex.run(work, 1)
+        assert scope.cancelled_caught
+        assert not core.tasks
+    core.check_clean()
+
+
+async def test_calls_waiting_their_turn_when_the_executor_closes_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20 calls at once, the budget spent after 7, and the executor's exit begins while
+    the others wait for their turn: those are refused (the executor is closing), none
+    submits after the exit began, the submitted ones finish, and nothing is left."""
+    now = [0.0]
+    monkeypatch.setattr(_pace, "clock", lambda: now[0])
+    core = FakeCore()
+    submit = core.submit
+
+    def costly_submit(*args: Any, **kwargs: Any) -> Any:
+        now[0] += COST
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(core, "submit", costly_submit)
+    refused: list[RuntimeError] = []
+
+    async def finish_all() -> None:
+        await anyio.wait_all_tasks_blocked()
+        for task in list(core.tasks.values()):
+            core.finish(task.key, 0)
+
+    async with anyio.create_task_group() as outer, core.executor() as ex:
+
+        async def call(i: int) -> None:
+            try:
+                await ex.run(work, i)
+            except RuntimeError as error:
+                refused.append(error)
+
+        for i in range(20):
+            outer.start_soon(call, i)
+        while len(core.tasks) < 7:
+            await anyio.lowlevel.checkpoint()
+        outer.start_soon(finish_all)
+        submitted = len(core.tasks)  # (7, or 14 if trio ran this after a second turn's)
+    assert submitted < 20
+    assert len(core.tasks) == submitted  # none after the exit began
+    assert len(refused) == 20 - submitted, refused
+    assert all("clos" in str(error) for error in refused), refused
+    core.check_clean()

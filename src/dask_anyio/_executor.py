@@ -205,8 +205,9 @@ class DaskExecutor(ExecutorCoordination):
         Raises the task's own exception if it failed. All keyword arguments go to ``fn``:
         for Dask's options, use :meth:`submit` and :meth:`retrieve`.
         """
-        fetcher = self._fetcher_open()
+        self._fetcher_open()  # (refused at once if closed)
         await self._scope.pace.turn()  # (a cancelled caller starts nothing)
+        fetcher = self._fetcher_open()  # (and if it closed while this call waited its turn)
         with self._scope.pace.spending():
             handle = _work.submit(self._scope, fn, args, kwargs, _RUN_OPTIONS, "run")
         values, failure = await fetcher.results_of_call([handle])

@@ -54,13 +54,18 @@ class Fetcher:
         with self._gate.call_under_way():
             return await self.value_of(handle)
 
-    async def value_of(self, handle: TaskHandle[Any]) -> tuple[Any, Exception | None]:
-        """Wait for ``handle`` and fetch its value: ``(value, None)``, or ``(None, failure)``."""
+    async def value_of(
+        self, handle: TaskHandle[Any], *, paced: bool = False
+    ) -> tuple[Any, Exception | None]:
+        """Wait for ``handle`` and fetch its value: ``(value, None)``, or ``(None, failure)``.
+        ``paced``: completions that came together fetch over several turns of the loop
+        (run(), compute() of one key): a checkpoint more."""
         failure = await self._watcher.outcome(handle)
         if failure is not None:
             return None, failure
-        await self._pace.rest()  # (completions that came together: over several turns)
-        self._pace.charge(COMPLETION)
+        if paced:
+            await self._pace.turn()
+            self._pace.charge(COMPLETION)
         try:
             return await self._runner.run(self._core.result, state_of(handle).future), None
         except FutureCancelledError:  # released or cancelled while its value was on the way
@@ -203,7 +208,7 @@ class Fetcher:
         """Wait for ``handles`` and fetch their values, as :meth:`value_of` does for one:
         also the keys of the tasks whose failure is returned."""
         if len(handles) == 1:  # run(): the round trip that counts
-            value, failure = await self.value_of(handles[0])
+            value, failure = await self.value_of(handles[0], paced=True)
             return [value], failure, {handles[0].key}
         culprits, failure = await self.wait_all(handles, stop_at_failure=True)
         if failure is not None:

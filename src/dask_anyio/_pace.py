@@ -10,14 +10,14 @@ the core's thread. :class:`Pace` gives each turn of the loop a budget of submitt
 it in that turn, and the first of them back in the next turn starts a new budget. A turn
 is told apart by time: a pause of :data:`PAUSE` between two submits means that the loop did
 something else. Completions that come together (200 tasks that finish at once) are paced
-alike: each is charged :data:`COMPLETION`, and waits, without a cancellation point, for a
-turn with budget left.
+alike: each is charged :data:`COMPLETION`, and waits for a turn with budget left before its
+value is fetched.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import anyio.lowlevel
@@ -36,7 +36,7 @@ clock = time.perf_counter
 
 
 class Pace:
-    """One loop's budget of submitting (front loop only)."""
+    """One executor's budget of submitting (front loop only)."""
 
     def __init__(self) -> None:
         self._spent = 0.0
@@ -46,25 +46,23 @@ class Pace:
         self._budget = 0
 
     async def turn(self) -> None:
-        """Wait for a turn of the loop whose budget is not spent. Checkpoint if it waits,
-        else only if cancelled (a cancelled caller starts nothing)."""
-        if not self._spent_up():
+        """Wait for a turn of the loop whose budget is not spent. A checkpoint if it waits
+        (at least one, then as many as it takes), else only if cancelled: either way a
+        cancelled caller raises here, and starts nothing."""
+        if self._spent_up():
+            await self._wait()
+        else:
             await anyio.lowlevel.checkpoint_if_cancelled()
-            return
-        await self._wait(anyio.lowlevel.checkpoint)
 
-    async def rest(self) -> None:
-        """As :meth:`turn`, but a schedule point only: never raises (for a call whose task
-        is done: its value is taken in, and its caller's cancellation is seen after)."""
-        await self._wait(anyio.lowlevel.cancel_shielded_checkpoint)
-
-    async def _wait(self, schedule: Callable[[], Awaitable[None]]) -> None:
-        while self._spent_up():
+    async def _wait(self) -> None:
+        while True:
             budget = self._budget
-            await schedule()
+            await anyio.lowlevel.checkpoint()
             if self._budget == budget:  # the first back, in a new turn: a new budget
                 self._budget += 1
                 self._spent = 0.0
+            if not self._spent_up():
+                return
 
     def charge(self, seconds: float) -> None:
         """Count ``seconds`` of work as submitting (work that is not timed)."""
