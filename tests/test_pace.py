@@ -25,8 +25,8 @@ def work(x: int) -> int:
     return x
 
 
-async def _submits_per_turn(monkeypatch: pytest.MonkeyPatch, calls: int) -> list[int]:
-    """Start ``calls`` run() calls at once; how many submits each turn of a ticker saw."""
+def _core_whose_submits_cost(monkeypatch: pytest.MonkeyPatch) -> FakeCore:
+    """A fake core on a clock that only its submits advance, by COST each."""
     now = [0.0]
     monkeypatch.setattr(_pace, "clock", lambda: now[0])
     core = FakeCore()
@@ -37,6 +37,12 @@ async def _submits_per_turn(monkeypatch: pytest.MonkeyPatch, calls: int) -> list
         return submit(*args, **kwargs)
 
     monkeypatch.setattr(core, "submit", costly_submit)
+    return core
+
+
+async def _submits_per_turn(monkeypatch: pytest.MonkeyPatch, calls: int) -> list[int]:
+    """Start ``calls`` run() calls at once; how many submits each turn of a ticker saw."""
+    core = _core_whose_submits_cost(monkeypatch)
     seen: list[int] = []
     async with core.executor() as ex, anyio.create_task_group() as tg:
 
@@ -155,16 +161,7 @@ async def test_calls_waiting_their_turn_when_the_executor_closes_are_refused(
     """20 calls at once, the budget spent after 7, and the executor's exit begins while
     the others wait for their turn: those are refused (the executor is closing), none
     submits after the exit began, the submitted ones finish, and nothing is left."""
-    now = [0.0]
-    monkeypatch.setattr(_pace, "clock", lambda: now[0])
-    core = FakeCore()
-    submit = core.submit
-
-    def costly_submit(*args: Any, **kwargs: Any) -> Any:
-        now[0] += COST
-        return submit(*args, **kwargs)
-
-    monkeypatch.setattr(core, "submit", costly_submit)
+    core = _core_whose_submits_cost(monkeypatch)
     refused: list[RuntimeError] = []
 
     async def finish_all() -> None:
