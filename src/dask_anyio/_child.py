@@ -40,7 +40,15 @@ import threading  # (here, not in each forked process: 1 ms a call)
 import types
 from typing import Any
 
-__all__ = ["HEADER_SIZE", "complete", "header", "main", "read_message", "send_message"]
+__all__ = [
+    "HEADER_SIZE",
+    "complete",
+    "frame_size",
+    "header",
+    "main",
+    "read_message",
+    "send_message",
+]
 
 _LENGTH = struct.Struct("!Q")
 
@@ -52,9 +60,14 @@ def header(data: bytes) -> bytes:
     return _LENGTH.pack(len(data))
 
 
+def frame_size(head: bytes) -> int:
+    """The size of the whole frame that ``head`` begins (-1 while its header is not in)."""
+    return HEADER_SIZE + _LENGTH.unpack_from(head)[0] if len(head) >= HEADER_SIZE else -1
+
+
 def complete(data: bytes) -> bool:
     """Whether ``data`` is one whole frame (the outcome of a call that was not cut short)."""
-    return len(data) >= HEADER_SIZE and _LENGTH.unpack_from(data)[0] == len(data) - HEADER_SIZE
+    return frame_size(data) == len(data)
 
 
 def _read_exactly(sock: socket.socket, size: int, start: bytes = b"") -> bytes:

@@ -67,10 +67,15 @@ class Pace:
     def charge(self, seconds: float) -> None:
         """Count ``seconds`` of work as submitting (work that is not timed)."""
         now = clock()
-        if now - self._last > PAUSE:
+        self._count(now, seconds, now)
+
+    def _count(self, start: float, seconds: float, end: float) -> None:
+        """Add ``seconds`` of work that began at ``start`` and ended at ``end``: to this run
+        of submits, or to a new one after a pause."""
+        if start - self._last > PAUSE:
             self._spent = 0.0
         self._spent += seconds
-        self._last = now
+        self._last = end
 
     def _spent_up(self) -> bool:
         return self._spent >= BUDGET and clock() - self._last <= PAUSE
@@ -79,10 +84,8 @@ class Pace:
     def spending(self) -> Iterator[None]:
         """Count the time of the block as submitting."""
         start = clock()
-        if start - self._last > PAUSE:
-            self._spent = 0.0
         try:
             yield
         finally:
-            self._last = clock()
-            self._spent += self._last - start
+            end = clock()
+            self._count(start, end - start, end)

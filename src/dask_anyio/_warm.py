@@ -88,9 +88,10 @@ class Warm:
             self.answer(_ANSWER_PATIENCE)
             self.pending -= 1
 
-    def ask(self, message: Any) -> None:
+    def ask(self, message: Any, fd: int | None = None) -> None:
+        """Send ``message`` (with the descriptor ``fd``)."""
         try:
-            _child.send_message(self.sock, message)
+            _child.send_message(self.sock, message, fd)
         except OSError as error:
             raise Lost from error
 
@@ -303,9 +304,7 @@ class _Conversation:
         read_end, write_end = os.pipe()
         try:
             try:
-                _child.send_message(self.warm.sock, (sys.path, data), fd=write_end)
-            except OSError as error:
-                raise Lost from error
+                self.warm.ask((sys.path, data), write_end)
             finally:
                 os.close(write_end)
             self.sent = True
@@ -347,7 +346,7 @@ class _Conversation:
                         continue
                     chunks.append(chunk)
                     size += len(chunk)
-                    if grace is None and size == _expected_size(chunks):
+                    if grace is None and size == _frame_size(chunks):
                         grace = time.monotonic() + EXIT_GRACE
                     continue
                 message = self.warm.answer()
@@ -392,9 +391,8 @@ class _Conversation:
                 _kill_group(message[1])
 
 
-def _expected_size(chunks: list[bytes]) -> int:
-    """The size of the whole frame that ``chunks`` begin (-1 while its header is not in)."""
+def _frame_size(chunks: list[bytes]) -> int:
+    """The size of the whole frame that ``chunks`` begin (-1 while its header is not in),
+    without joining them once the first holds the header."""
     head = chunks[0] if len(chunks[0]) >= _child.HEADER_SIZE else b"".join(chunks)
-    if len(head) < _child.HEADER_SIZE:
-        return -1
-    return _child.HEADER_SIZE + int.from_bytes(head[: _child.HEADER_SIZE], "big")
+    return _child.frame_size(head)
