@@ -9,6 +9,8 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,20 +85,13 @@ async def test_an_async_task_is_cancelled_on_the_worker(
     """A coroutine task is cancelled on the worker when its caller's scope is: its finally
     block runs there, and its slot serves the next task."""
     slot = {"resources": {"SLOT": 1}, "workers": [external_cluster.workers[0]]}
-    async with (
-        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
-        DaskExecutor(external_cluster.address) as helper,
-    ):
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        with anyio.CancelScope() as scope:
-            async with DaskExecutor(external_cluster.address) as ex:
-                ex.submit(wait_forever_reporting, port, **slot)
-                connection = await _accept(listener)
-                assert await connection.receive() == b"started\n"
-                scope.cancel()
-        with anyio.fail_after(10):
-            assert await connection.receive() == b"finally\n"
-        await connection.aclose()
+    async with DaskExecutor(external_cluster.address) as helper:
+        async with reported_then_cancelled(
+            external_cluster, lambda ex, port: ex.submit(wait_forever_reporting, port, **slot)
+        ) as (connection, report):
+            assert report == b"started\n"
+            with anyio.fail_after(10):
+                assert await connection.receive() == b"finally\n"
         with anyio.fail_after(10):
             assert await helper.retrieve(helper.submit(inc, 1, **slot)) == 2
 
@@ -114,29 +109,42 @@ async def _accept(listener: Any) -> anyio.abc.SocketStream:
     return accepted[0]
 
 
+@asynccontextmanager
+async def reported_then_cancelled(
+    cluster: ExternalCluster, submit: Callable[[DaskExecutor, int], object]
+) -> AsyncIterator[tuple[anyio.abc.SocketStream, bytes]]:
+    """``submit(ex, port)`` submits a task that connects to 127.0.0.1:``port`` and reports;
+    once its first report came, ``ex``'s scope is cancelled. Yields the connection (closed
+    when the block ends) and that report."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        with anyio.CancelScope() as scope:
+            async with DaskExecutor(cluster.address) as ex:
+                submit(ex, port)
+                connection = await _accept(listener)
+                report = await connection.receive()
+                scope.cancel()
+    async with connection:
+        yield connection, report
+
+
 async def test_kill_on_cancel_stops_code_that_never_checks(
     external_cluster: ExternalCluster,
 ) -> None:
     """`while True: pass` in kill_on_cancel's child: the child is killed when the caller's
     scope is cancelled; the worker (same process) keeps serving, on the slot it freed."""
     slot = {"resources": {"SLOT": 1}, "workers": [external_cluster.workers[0]]}
-    async with (
-        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
-        DaskExecutor(external_cluster.address) as helper,
-    ):
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    spin = kill_on_cancel(spin_forever_reporting)
+    async with DaskExecutor(external_cluster.address) as helper:
         worker_pid = await helper.retrieve(helper.submit(worker_pid_task, **slot))
-        with anyio.CancelScope() as scope:
-            async with DaskExecutor(external_cluster.address) as ex:
-                ex.submit(kill_on_cancel(spin_forever_reporting), port, **slot)
-                connection = await _accept(listener)
-                child_pid = int(await connection.receive())
-                assert child_pid != worker_pid
-                scope.cancel()
-        with anyio.fail_after(10):  # the child's end of the connection closes: it died
-            with pytest.raises(anyio.EndOfStream):
-                await connection.receive()
-        await connection.aclose()
+        async with reported_then_cancelled(
+            external_cluster, lambda ex, port: ex.submit(spin, port, **slot)
+        ) as (connection, report):
+            child_pid = int(report)
+            assert child_pid != worker_pid
+            with anyio.fail_after(10):  # the child's end of the connection closes: it died
+                with pytest.raises(anyio.EndOfStream):
+                    await connection.receive()
         with anyio.fail_after(10):  # the slot is free: the thread returned, the child reaped
             assert await helper.retrieve(helper.submit(worker_pid_task, **slot)) == worker_pid
         with pytest.raises(ProcessLookupError):

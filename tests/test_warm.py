@@ -22,7 +22,7 @@ from dask_anyio._warm import IDLE_TIMEOUT
 from .conftest import ExternalCluster
 from .tasks import inc
 from .tasks import worker_pid as worker_pid_task
-from .test_remote_cancel import _accept, _alive
+from .test_remote_cancel import _alive, reported_then_cancelled
 from .warm_tasks import (
     LoadedInTheWarmProcess,
     count_calls,
@@ -99,19 +99,15 @@ async def test_a_call_cancelled_while_its_warm_process_loads_it(
     """Cancelled while the warm process is still unpickling its arguments (here: forever),
     the warm process is killed, and the worker's slot serves the next task."""
     slot = _slot(external_cluster)
-    async with (
-        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
-        DaskExecutor(external_cluster.address) as helper,
-    ):
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        with anyio.CancelScope() as scope:
-            async with DaskExecutor(external_cluster.address) as ex:
-                spinning = LoadedInTheWarmProcess(report_then_spin, port)
-                ex.submit(kill_on_cancel(len), spinning, **slot)
-                connection = await _accept(listener)
-                loading = int(await connection.receive())
-                scope.cancel()
-        await connection.aclose()
+
+    def submit(ex: DaskExecutor, port: int) -> object:
+        return ex.submit(
+            kill_on_cancel(len), LoadedInTheWarmProcess(report_then_spin, port), **slot
+        )
+
+    async with DaskExecutor(external_cluster.address) as helper:
+        async with reported_then_cancelled(external_cluster, submit) as (_, report):
+            loading = int(report)
         await _gone(loading)
         with anyio.fail_after(10):
             assert await helper.retrieve(helper.submit(inc, 1, **slot)) == 2
