@@ -1,0 +1,225 @@
+"""The thread bridge's one primitive, LoopToken.run_sync_soon: calls keep their order, a burst
+of them wakes the loop once, a failed one does not stop the others, and a finished loop says
+so. On every backend, and on loops of their own where a loop must end or fail."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+import trio
+
+from dask_anyio._bridge import LOOP_THREAD_NAME, LoopToken, current_loop_token
+
+CALLS = 200
+
+
+def _count_schedules(token: LoopToken) -> list[int]:
+    """Count how often ``token`` wakes its loop (schedules a callback there)."""
+    scheduled = [0]
+    for name in ("_schedule", "_schedule_here"):
+        schedule = getattr(token, name, None)
+        if schedule is None:  # (one way of scheduling only)
+            continue
+
+        def counting(fn: Callable[..., object], *args: Any, schedule: Any = schedule) -> object:
+            scheduled[0] += 1
+            return schedule(fn, *args)
+
+        setattr(token, name, counting)
+    return scheduled
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_calls_from_the_loop_itself_runs_in_order_in_one_wakeup() -> None:
+    token = current_loop_token()
+    scheduled = _count_schedules(token)
+    ran: list[int] = []
+    done = anyio.Event()
+    for i in range(CALLS):
+        assert token.run_sync_soon(ran.append, i)
+    assert ran == []  # never inline
+    token.run_sync_soon(done.set)
+    with anyio.fail_after(10):
+        await done.wait()
+    assert ran == list(range(CALLS))
+    assert scheduled == [1]
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_calls_from_another_thread_wakes_the_loop_once() -> None:
+    token = current_loop_token()
+    scheduled = _count_schedules(token)
+    ran: list[int] = []
+    done = anyio.Event()
+
+    def burst() -> None:
+        for i in range(CALLS):
+            assert token.run_sync_soon(ran.append, i)
+        token.run_sync_soon(done.set)
+
+    thread = threading.Thread(target=burst)
+    thread.start()
+    thread.join()  # the loop is held meanwhile: nothing can run before the whole burst
+    with anyio.fail_after(10):
+        await done.wait()
+    assert ran == list(range(CALLS))
+    assert scheduled == [1]
+
+
+@pytest.mark.anyio
+async def test_calls_from_two_threads_keep_each_threads_order() -> None:
+    token = current_loop_token()
+    ran: list[tuple[str, int]] = []
+    finished = anyio.Event()
+    left = [2]
+
+    def one_done() -> None:
+        left[0] -= 1
+        if not left[0]:
+            finished.set()
+
+    def burst(name: str) -> None:
+        for i in range(CALLS):
+            token.run_sync_soon(ran.append, (name, i))
+        token.run_sync_soon(one_done)
+
+    async with anyio.create_task_group() as tg:
+        for name in "ab":
+            tg.start_soon(anyio.to_thread.run_sync, burst, name)
+    with anyio.fail_after(10):
+        await finished.wait()
+    for name in "ab":
+        assert [i for n, i in ran if n == name] == list(range(CALLS))
+
+
+@pytest.mark.anyio
+async def test_a_call_scheduled_while_the_loop_runs_a_batch_gets_a_new_one() -> None:
+    token = current_loop_token()
+    ran: list[str] = []
+    done = anyio.Event()
+
+    def first() -> None:
+        ran.append("first")
+        token.run_sync_soon(second)  # in the middle of a batch: runs after it
+
+    def second() -> None:
+        ran.append("second")
+        done.set()
+
+    token.run_sync_soon(first)
+    token.run_sync_soon(ran.append, "batch")
+    with anyio.fail_after(10):
+        await done.wait()
+    assert ran == ["first", "batch", "second"]
+
+
+# -- failures and finished loops: on loops of the test's own ---------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+def _boom() -> None:
+    raise Boom
+
+
+def test_asyncio_a_failed_call_goes_to_the_exception_handler_and_the_rest_still_run() -> None:
+    handled: list[dict[str, Any]] = []
+    ran: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: handled.append(context))
+        token = current_loop_token()
+        done = asyncio.Event()
+        token.run_sync_soon(ran.append, 1)
+        token.run_sync_soon(_boom)
+        token.run_sync_soon(ran.append, 2)
+        token.run_sync_soon(done.set)
+        await asyncio.wait_for(done.wait(), 10)
+
+    asyncio.run(main())
+    assert ran == [1, 2]
+    assert len(handled) == 1
+    assert isinstance(handled[0]["exception"], Boom)
+
+
+def test_trio_a_failed_call_ends_the_run_as_trio_does_and_the_rest_still_run() -> None:
+    ran: list[int] = []
+
+    async def main() -> None:
+        token = current_loop_token()
+        token.run_sync_soon(ran.append, 1)
+        token.run_sync_soon(_boom)
+        token.run_sync_soon(ran.append, 2)
+        await trio.sleep_forever()
+
+    with pytest.raises(trio.TrioInternalError) as caught:
+        trio.run(main)
+    cause = caught.value.__cause__
+    assert isinstance(cause, BaseExceptionGroup)
+    assert cause.subgroup(Boom) is not None
+    assert ran == [1, 2]
+
+
+def test_asyncio_a_closed_loop_refuses_calls() -> None:
+    loop = asyncio.new_event_loop()
+    token = LoopToken(loop)
+    assert token.run_sync_soon(print)  # accepted: the loop is not closed yet
+    loop.close()  # (with that call still queued: it never runs)
+    assert not token.run_sync_soon(print)
+    fresh = LoopToken(loop)
+    assert not fresh.run_sync_soon(print)
+
+
+def test_trio_a_finished_run_refuses_calls_and_runs_those_it_accepted() -> None:
+    ran: list[int] = []
+
+    async def main() -> LoopToken:
+        token = current_loop_token()
+        token.run_sync_soon(ran.append, 1)  # accepted at the very end of the run
+        return token
+
+    token = trio.run(main)
+    assert ran == [1]
+    assert not token.run_sync_soon(ran.append, 2)
+    assert ran == [1]
+
+
+# -- what crosses with the bridge: Dask's client on its own loop -----------------------------
+
+
+@pytest.mark.anyio
+async def test_keys_are_released_on_the_core_loop(
+    external_cluster: Any, monkeypatch: pytest.MonkeyPatch, anyio_backend: Any
+) -> None:
+    """Dask's Future.release() from another thread wakes the client's loop once per key:
+    dask-anyio releases on the core loop, where it costs nothing, the keys of a loop turn
+    crossing together. (Under asyncio the core loop is the caller's.)"""
+    from dask_anyio import DaskExecutor
+    from dask_anyio._core import DaskCore
+
+    from .tasks import inc
+
+    threads: list[str] = []
+    release = DaskCore.release
+
+    def spy(future: Any) -> None:
+        threads.append(threading.current_thread().name)
+        release(future)
+
+    monkeypatch.setattr(DaskCore, "release", staticmethod(spy))
+    caller = threading.current_thread().name
+    core_thread = LOOP_THREAD_NAME if anyio_backend[0] == "trio" else caller
+    async with DaskExecutor(external_cluster.address) as ex:
+        assert await ex.run(inc, 1) == 2
+        assert await ex.gather(ex.map(inc, range(10))) == list(range(1, 11))
+    assert external_cluster.scheduler_keys() == set()
+    assert len(threads) == 11
+    assert set(threads) == {core_thread}
