@@ -319,3 +319,111 @@ async def test_the_exit_is_a_checkpoint_with_nothing_outstanding() -> None:
             scope.cancel()
     assert scope.cancelled_caught
     core.check_clean()
+
+
+# -- waiting for many together (Watcher.watch_together) -----------------------------------
+
+
+def _count_deliveries(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the batches of completions the core hands to the caller's loop."""
+    from dask_anyio._watch import Watcher
+
+    count = [0]
+    settle_all = Watcher._settle_all
+
+    def counting(self: Watcher, handles: list[TaskHandle[Any]]) -> None:
+        count[0] += 1
+        settle_all(self, handles)
+
+    monkeypatch.setattr(Watcher, "_settle_all", counting)
+    return count
+
+
+async def test_a_gather_whose_tasks_finish_one_by_one_wakes_its_caller_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    core = FakeCore()
+    deliveries = _count_deliveries(monkeypatch)
+    got: list[Any] = []
+    async with core.executor() as ex:
+        handles = ex.map(work, range(5))
+        async with anyio.create_task_group() as tg:
+
+            async def gather() -> None:
+                got.append(await ex.gather(handles))
+
+            tg.start_soon(gather)
+            for i, handle in enumerate(handles):
+                await anyio.wait_all_tasks_blocked()
+                core.finish(handle, i)  # each in a loop turn of its own
+    assert got == [[0, 1, 2, 3, 4]]
+    assert deliveries == [1]
+    core.check_clean()
+
+
+async def test_a_gather_hears_of_a_failure_at_once() -> None:
+    core = FakeCore()
+    async with core.executor() as ex:
+        handles = ex.map(work, range(3))
+        core.finish(handles[0], 0)
+        await anyio.wait_all_tasks_blocked()
+        core.fail(handles[1], Boom("second"))
+        with pytest.raises(Boom, match="second"):
+            await ex.gather(handles)  # the third is still pending
+        assert not handles[2].done()
+        core.finish(handles[2], 2)
+    core.check_clean()
+
+
+async def test_a_task_held_back_for_a_gather_is_told_at_once_to_another_waiter() -> None:
+    """A gather of [a, b]; then someone awaits a. a finishes: its waiter hears of it while
+    b is still pending, not when the gather's last task is in."""
+    core = FakeCore()
+    woken: list[str] = []
+    async with core.executor() as ex:
+        a, b = ex.map(work, range(2))
+        async with anyio.create_task_group() as tg:
+
+            async def gather() -> None:
+                await ex.gather([a, b])
+                woken.append("gather")
+
+            a_woken = anyio.Event()
+
+            async def wait_for_a() -> None:
+                await a
+                woken.append("a")
+                a_woken.set()
+
+            tg.start_soon(gather)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(wait_for_a)
+            await anyio.wait_all_tasks_blocked()
+            core.finish(a, 0)
+            with anyio.fail_after(5):
+                await a_woken.wait()
+            assert woken == ["a"]
+            core.finish(b, 1)
+        assert woken == ["a", "gather"]
+    core.check_clean()
+
+
+async def test_a_cancelled_gather_lets_go_of_what_the_core_held_back() -> None:
+    from dask_anyio._handle import state_of
+
+    core = FakeCore()
+    async with core.executor() as ex:
+        a, b = ex.map(work, range(2))
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ex.gather, [a, b])
+                await anyio.wait_all_tasks_blocked()
+                core.finish(a, 0)  # held back: b is pending
+                await anyio.wait_all_tasks_blocked()
+                assert state_of(a).watched not in (True, False)
+                scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        assert state_of(a).watched is False  # delivered: the watch is over
+        assert await ex.retrieve(a) == 0
+        core.finish(b, 1)
+    core.check_clean()

@@ -129,7 +129,9 @@ class Fetcher:
 
         Handles are looked at in completion order, as many per wake-up as are done: unlike
         ``as_completed``, whose every iteration is a checkpoint, this waits once per batch
-        of completions (a checkpoint per task cost a large gather a tenth of its speed).
+        of completions (a checkpoint per task cost a large gather a tenth of its speed);
+        and the core holds finished tasks back until all are in or one failed (see
+        :meth:`Watcher.watch_together`): one wake-up for a gather whose tasks all finish.
         """
         done: collections.deque[TaskHandle[Any]] = collections.deque()
         wakeup = Signal()
@@ -140,10 +142,10 @@ class Fetcher:
 
         callbacks = [(handle, functools.partial(on_done, handle)) for handle in handles]
         failed: set[str] = set()
+        outstanding = len(handles)
+        let_go = None
         try:
-            for handle, callback in callbacks:
-                self._watcher.watch(handle, callback)  # calls back at once if done
-            outstanding = len(handles)
+            let_go = self._watcher.watch_together(callbacks)  # calls back at once if done
             while True:
                 while done:
                     handle = done.popleft()
@@ -160,6 +162,8 @@ class Fetcher:
         finally:
             for handle, callback in callbacks:
                 self._watcher.unwatch(handle, callback)
+            if outstanding and let_go is not None:  # others may wait for what is held
+                let_go()
 
     # -- calls that own their tasks (run, compute) -----------------------------------------
 

@@ -96,8 +96,9 @@ class TaskState:
     #: Called on the front loop once the task is done (see Watcher.watch). A tuple: most
     #: tasks never have a watcher, and the empty tuple costs no memory of its own.
     watchers: tuple[Callable[[], object], ...] = ()
-    #: Whether the core watches the future for this task.
-    watched: bool = False
+    #: Whether the core watches the future for this task; if a watch of many together
+    #: may hold its completion back (see Watcher.watch_together), the call that lets go.
+    watched: bool | Callable[[], object] = False
     #: Whether its failure was told to someone (then the exit does not raise it).
     observed: bool = False
     #: Why the executor cancelled it, if it did.

@@ -8,7 +8,8 @@ per batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -49,7 +50,40 @@ class Watcher:
             return
         state.watchers = (*state.watchers, callback)
         if not state.watched:
-            self._start_watching(handle)
+            self._start_watching(handle, self._deliver)
+        elif state.watched is not True:  # held back with others: this one wants it now
+            state.watched()
+
+    def watch_together(
+        self, watches: Sequence[tuple[TaskHandle[Any], Callable[[], object]]]
+    ) -> Callable[[], object]:
+        """As :meth:`watch` for each ``(handle, callback)``, for a caller that needs all of
+        them (or the first failure): the core holds the completions of finished tasks back
+        until the last one is in, or one ended otherwise (failed, cancelled, lost), so that
+        the caller's loop is woken once rather than once per task. Call what this returns
+        once done with them: it lets go of what is still held (as does a :meth:`watch` of
+        one of the handles meanwhile).
+
+        :raises RuntimeError: if the core's event loop has ended.
+        """
+        held = _Held(self._deliver)
+        let_go = functools.partial(self._runner.core.run_sync_soon, held.let_go)
+        fresh: list[TaskHandle[Any]] = []
+        for handle, callback in watches:
+            state = state_of(handle)
+            if state.done():
+                callback()
+                continue
+            state.watchers = (*state.watchers, callback)
+            if not state.watched:
+                fresh.append(handle)
+            elif state.watched is not True:  # held by another caller's watch
+                state.watched()
+        held.expected = len(fresh)  # (set before the core can see it)
+        for handle in fresh:
+            self._start_watching(handle, held)
+            state_of(handle).watched = let_go
+        return let_go
 
     @staticmethod
     def unwatch(handle: TaskHandle[Any], callback: Callable[[], object]) -> None:
@@ -67,11 +101,13 @@ class Watcher:
         for callback in watchers:
             callback()
 
-    def _start_watching(self, handle: TaskHandle[Any]) -> None:
+    def _start_watching(
+        self, handle: TaskHandle[Any], deliver: Callable[[list[TaskHandle[Any]]], object]
+    ) -> None:
         state = state_of(handle)
         state.watched = True
         watch = self._core.watch
-        if not self._runner.core.run_sync_soon(watch, state.future, handle, self._deliver):
+        if not self._runner.core.run_sync_soon(watch, state.future, handle, deliver):
             state.watched = False  # (a wait for it would never be woken)
             raise RuntimeError("the executor's Dask client has stopped: its event loop ended")
 
@@ -99,7 +135,7 @@ class Watcher:
                 # again after a pause, until Dask has recomputed it.
                 self._tg.start_soon(self._look_again, handle)
             else:
-                self._start_watching(handle)
+                self._start_watching(handle, self._deliver)
 
     async def _look_again(self, handle: TaskHandle[Any]) -> None:
         await anyio.sleep(_LOST_RECHECK)
@@ -164,3 +200,36 @@ class Watcher:
         failure = state.failure = await self.failure_of(handle)
         state.failure_traceback = None if failure is None else failure.__traceback__
         state.final_status = state.status
+
+
+class _Held:
+    """The core's side of :meth:`Watcher.watch_together`: a deliverer that holds the
+    completions of finished tasks back until the last expected one, or one that did not
+    finish, comes in. Core loop only, once made."""
+
+    __slots__ = ("_deliver", "_holding", "_items", "expected")
+
+    def __init__(self, deliver: Callable[[list[TaskHandle[Any]]], object]) -> None:
+        self._deliver = deliver
+        self._items: list[TaskHandle[Any]] = []
+        self._holding = True
+        #: How many watches deliver here and have not yet.
+        self.expected = 0
+
+    def __call__(self, handles: list[TaskHandle[Any]]) -> None:
+        self.expected -= len(handles)
+        self._items.extend(handles)
+        finished = all(state_of(h).future.status == "finished" for h in handles)
+        if self._holding and self.expected > 0 and finished:
+            return
+        self._hand_over()
+
+    def let_go(self) -> None:
+        """Deliver what is held; from now on, hold nothing."""
+        self._holding = False
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        items, self._items = self._items, []
+        if items:
+            self._deliver(items)
