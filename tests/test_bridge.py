@@ -192,6 +192,122 @@ def test_trio_a_finished_run_refuses_calls_and_runs_those_it_accepted() -> None:
     assert ran == [1]
 
 
+@pytest.mark.anyio
+async def test_a_call_made_while_scheduling_on_the_same_thread_does_not_deadlock() -> None:
+    """Code that runs in the middle of run_sync_soon on the same thread (a __del__ run by
+    the garbage collector, a signal handler) may call it again."""
+    token = current_loop_token()
+    ran: list[str] = []
+    done = anyio.Event()
+    reentered = [False]
+    for name in ("_schedule", "_schedule_here"):
+        schedule = getattr(token, name)
+
+        def reentering(fn: Callable[..., object], schedule: Any = schedule) -> object:
+            if not reentered[0]:
+                reentered[0] = True
+                token.run_sync_soon(ran.append, "inner")
+            return schedule(fn)
+
+        setattr(token, name, reentering)
+
+    def outer() -> None:
+        token.run_sync_soon(ran.append, "outer")
+        token.run_sync_soon(done.set)
+
+    thread = threading.Thread(target=outer, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "run_sync_soon deadlocked on its own lock"
+    with anyio.fail_after(10):
+        await done.wait()
+    assert sorted(ran) == ["inner", "outer"]
+
+
+@pytest.mark.anyio
+async def test_an_interrupt_while_scheduling_leaves_the_token_working() -> None:
+    token = current_loop_token()
+    interrupted = [False]
+    for name in ("_schedule", "_schedule_here"):
+        schedule = getattr(token, name)
+
+        def interrupting(fn: Callable[..., object], schedule: Any = schedule) -> object:
+            if not interrupted[0]:
+                interrupted[0] = True
+                raise KeyboardInterrupt
+            return schedule(fn)
+
+        setattr(token, name, interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        token.run_sync_soon(print, "never")
+    done = anyio.Event()
+    assert token.run_sync_soon(done.set)
+    with anyio.fail_after(10):
+        await done.wait()
+
+
+def test_asyncio_every_failure_of_a_batch_goes_to_the_handler() -> None:
+    handled: list[BaseException] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: handled.append(context["exception"]))
+        token = current_loop_token()
+        done = asyncio.Event()
+        token.run_sync_soon(_boom)
+        token.run_sync_soon(_boom)
+        token.run_sync_soon(done.set)
+        await asyncio.wait_for(done.wait(), 10)
+
+    asyncio.run(main())
+    assert [type(e) for e in handled] == [Boom, Boom]
+
+
+def test_asyncio_an_interrupt_from_a_call_leaves_the_rest_queued() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        token = LoopToken(loop)
+        ran: list[int] = []
+
+        def interrupt() -> None:
+            raise KeyboardInterrupt
+
+        token.run_sync_soon(ran.append, 1)
+        token.run_sync_soon(interrupt)
+        token.run_sync_soon(ran.append, 2)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.sleep(0))
+        assert ran == [1]
+        loop.run_until_complete(asyncio.sleep(0))  # the loop goes on: so do the calls
+        assert ran == [1, 2]
+    finally:
+        loop.close()
+
+
+def test_trio_several_failures_of_a_batch_end_the_run_together() -> None:
+    async def main() -> None:
+        token = current_loop_token()
+        token.run_sync_soon(_boom)
+        token.run_sync_soon(_boom)
+        await trio.sleep_forever()
+
+    with pytest.raises(trio.TrioInternalError) as caught:
+        trio.run(main)
+    cause = caught.value.__cause__
+    assert isinstance(cause, BaseExceptionGroup)
+    booms = cause.subgroup(Boom)
+    assert booms is not None
+    assert sum(1 for _ in _leaves(booms)) == 2
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> Any:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
+
+
 # -- what crosses with the bridge: Dask's client on its own loop -----------------------------
 
 

@@ -362,16 +362,94 @@ async def test_a_gather_whose_tasks_finish_one_by_one_wakes_its_caller_once(
 
 
 async def test_a_gather_hears_of_a_failure_at_once() -> None:
+    """A finished task is held back, then another fails while a third is pending: the
+    gather raises at once."""
     core = FakeCore()
     async with core.executor() as ex:
-        handles = ex.map(work, range(3))
-        core.finish(handles[0], 0)
-        await anyio.wait_all_tasks_blocked()
-        core.fail(handles[1], Boom("second"))
-        with pytest.raises(Boom, match="second"):
-            await ex.gather(handles)  # the third is still pending
-        assert not handles[2].done()
-        core.finish(handles[2], 2)
+        a, b, c = ex.map(work, range(3))
+        raised = anyio.Event()
+
+        async def gather() -> None:
+            with pytest.raises(Boom, match="second"):
+                await ex.gather([a, b, c])
+            raised.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gather)
+            await anyio.wait_all_tasks_blocked()
+            core.finish(a, 0)  # held back
+            await anyio.wait_all_tasks_blocked()
+            core.fail(b, Boom("second"))
+            with anyio.fail_after(5):
+                await raised.wait()
+            assert not c.done()
+        core.finish(c, 2)
+    core.check_clean()
+
+
+async def test_a_second_gather_of_a_task_held_for_the_first_gets_it_at_once() -> None:
+    """gather([a, b]), then gather([a, c]); a and c finish: the second returns while b is
+    pending (a's completion is not kept for the first gather)."""
+    core = FakeCore()
+    async with core.executor() as ex:
+        a, b, c = ex.map(work, range(3))
+        second: list[Any] = []
+        returned = anyio.Event()
+
+        async def gather_second() -> None:
+            second.append(await ex.gather([a, c]))
+            returned.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ex.gather, [a, b])
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(gather_second)
+            await anyio.wait_all_tasks_blocked()
+            core.finish(a, 0)
+            core.finish(c, 2)
+            with anyio.fail_after(5):
+                await returned.wait()
+            assert second == [[0, 2]]
+            assert not b.done()
+            core.finish(b, 1)
+    core.check_clean()
+
+
+async def test_a_task_cancelled_by_us_ends_the_holding_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gather(errors="skip") of [a, b]; a finishes (held back), then b is cancelled through
+    its handle: the gather returns [a's value] without waiting for the cluster's word."""
+    core = FakeCore()
+    cluster_told = anyio.Event()
+    cancel = core.cancel
+
+    async def slow_cancel(futures: Any, reason: str) -> None:
+        await cluster_told.wait()
+        await cancel(futures, reason)
+
+    monkeypatch.setattr(core, "cancel", slow_cancel)
+    got: list[Any] = []
+    async with core.executor() as ex:
+        a, b = ex.map(work, range(2))
+        returned = anyio.Event()
+
+        async def gather() -> None:
+            got.append(await ex.gather([a, b], errors="skip"))
+            returned.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gather)
+            await anyio.wait_all_tasks_blocked()
+            core.finish(a, 0)  # held back
+            await anyio.wait_all_tasks_blocked()
+            assert b.cancel()
+            try:
+                with anyio.fail_after(5):
+                    await returned.wait()
+            finally:
+                cluster_told.set()
+    assert got == [[0]]
     core.check_clean()
 
 

@@ -30,7 +30,7 @@ LAYERS = {
         "_owned",
     ],
     # the thread bridge: the one primitive that crosses threads
-    "bridge": ["_bridge"],
+    "bridge": ["_token", "_bridge"],
     # anyio front end, on the caller's loop: state, then its parts, then the façade
     "front end": [
         "_signal",

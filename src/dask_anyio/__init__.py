@@ -10,9 +10,10 @@ order is in ``tests/test_layers.py``, which fails on an import that points up):
 * ``_forget``, ``_transfer``, ``_leases``, ``_exchange``, ``_connect``, ``_core``: the
   asyncio core, one asynchronous :class:`distributed.Client` (and perhaps a cluster) on one
   asyncio loop. Knows nothing of anyio or trio.
-* ``_bridge``: the thread bridge. :meth:`LoopToken.run_sync_soon` is the one primitive that
-  crosses threads; ``open_core_runner`` picks, once per executor, whether the core runs on the
-  caller's asyncio loop or on a private asyncio loop thread (under trio).
+* ``_token``, ``_bridge``: the thread bridge. :meth:`LoopToken.run_sync_soon` is the one
+  primitive that crosses threads; ``open_core_runner`` picks, once per executor, whether
+  the core runs on the caller's asyncio loop or on a private asyncio loop thread (under
+  trio).
 * the anyio front end, on the caller's loop: ``_handle`` (a thin :class:`TaskHandle` over its
   state record), ``_options``, ``_gate``, ``_watch``, ``_tasks`` (the task table), ``_fetch``,
   the iterators (``_completed``, ``_streams``), ``_scope`` (entering and the exit rules),

@@ -1,4 +1,5 @@
-"""Thread bridge: the one thread-crossing primitive, and the two ways of running the core.
+"""Thread bridge: the two ways of running the core, over the one thread-crossing primitive
+(:class:`LoopToken`, in :mod:`dask_anyio._token`).
 
 Two kinds of thread meet in dask-anyio:
 
@@ -18,24 +19,17 @@ backend it runs on.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import logging
 import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from types import ModuleType
 from typing import Protocol, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.lowlevel
 
-sniffio: ModuleType | None
-try:
-    import sniffio
-except ImportError:  # pragma: no cover - anyio then tells asyncio by its running loop
-    sniffio = None
+from ._token import LoopToken, current_loop_token
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -48,145 +42,6 @@ LOOP_THREAD_NAME = "dask-anyio-loop"
 FINISH_PATIENCE = 10.0
 
 logger = logging.getLogger("dask_anyio")
-
-
-class LoopToken:
-    """A reference to one running event loop (asyncio or trio) that other threads may call into.
-
-    Obtain one with :func:`current_loop_token` from inside the loop.
-
-    Calls are *coalesced*: those scheduled before the loop gets to them wait in one queue,
-    and the loop runs them in one callback, so that a burst of calls (a thousand tasks
-    watched at once, the completions of a loop turn) costs one wake-up of the loop, not
-    one each (a write to its wake-up socket and, across threads, a thread switch).
-    """
-
-    __slots__ = (
-        "_calls",
-        "_closed",
-        "_finished",
-        "_is_current",
-        "_lock",
-        "_raise",
-        "_schedule",
-        "_schedule_here",
-    )
-
-    def __init__(self, native: object) -> None:
-        self._calls: list[tuple[Callable[..., object], tuple[object, ...]]] = []
-        self._lock = threading.Lock()
-        if isinstance(native, asyncio.AbstractEventLoop):
-            # Callbacks run in the context of the thread that schedules them, where nothing
-            # says which async library runs the loop: anyio's calls (a task group's
-            # start_soon, say) would fail there. Run them in a context that says "asyncio".
-            context = contextvars.copy_context()
-            if sniffio is not None:
-                context.run(sniffio.current_async_library_cvar.set, "asyncio")
-            self._schedule: Callable[[Callable[[], object]], object] = functools.partial(
-                native.call_soon_threadsafe, context=context
-            )
-            # From the loop's own thread: no wake-up needed.
-            self._schedule_here = functools.partial(native.call_soon, context=context)
-            self._finished: tuple[type[BaseException], ...] = (RuntimeError,)
-            self._is_current: Callable[[], bool] = functools.partial(_is_running_loop, native)
-            # A loop closed with our drain still queued would never run it.
-            self._closed: Callable[[], bool] = native.is_closed
-            self._raise: Callable[[BaseException], None] = functools.partial(_to_handler, native)
-        else:  # trio.lowlevel.TrioToken: the only other backend that anyio supports
-            import trio
-
-            self._schedule = self._schedule_here = native.run_sync_soon  # type: ignore[attr-defined]
-            self._finished = (trio.RunFinishedError,)
-            current = trio.lowlevel.current_trio_token
-            self._is_current = functools.partial(_is_current_trio_run, current, native)
-            # trio runs every call it accepted, also at the very end of its run.
-            self._closed = _never
-            self._raise = _reraise  # trio's rule: a failed callback ends the run
-
-    def run_sync_soon(self, fn: Callable[[*Ts], object], *args: *Ts) -> bool:
-        """Schedule ``fn(*args)`` to run soon on this token's event loop.
-
-        **This method is thread-safe.** It is the only way dask-anyio crosses from one thread
-        to another: from the trio thread to the private asyncio loop and back (and, under
-        asyncio, from the core's callbacks to the loop they share). It never blocks and never
-        runs ``fn`` inline. Calls run in the order they were scheduled (from every thread:
-        one queue). If ``fn`` raises, the other calls still run, and the loop handles the
-        exception as its own callbacks' (asyncio's exception handler; trio ends the run).
-
-        :return: ``True`` if the call was scheduled, ``False`` if the loop has already
-            finished (the call is then dropped).
-        """
-        with self._lock:
-            calls = self._calls
-            if calls:  # the loop has a drain to run already: it will run this too
-                if self._closed():
-                    return False
-                calls.append((fn, args))
-                return True
-            calls.append((fn, args))
-            schedule = self._schedule_here if self._is_current() else self._schedule
-            try:  # (under the lock: nothing joins the queue before the drain is scheduled)
-                schedule(self._drain)
-            except self._finished:
-                calls.clear()
-                return False
-        return True
-
-    def _drain(self) -> None:
-        """On the loop: run the calls scheduled so far (those scheduled meanwhile get a new
-        drain: a bounded amount of work per callback)."""
-        with self._lock:
-            calls, self._calls = self._calls, []
-        failure: BaseException | None = None
-        for fn, args in calls:
-            try:
-                fn(*args)
-            except BaseException as error:  # the rest still run; the loop gets the first
-                if failure is None:
-                    failure = error
-        if failure is not None:
-            self._raise(failure)
-
-    def is_current(self) -> bool:
-        """Return whether the calling code runs on this token's event loop: not on another
-        thread, nor on another loop or run in this thread (a later ``trio.run``).
-
-        **This method is thread-safe**, and cheap enough for every call of the front end.
-        """
-        return self._is_current()
-
-
-def _never() -> bool:
-    return False
-
-
-def _reraise(error: BaseException) -> None:
-    raise error
-
-
-def _to_handler(loop: asyncio.AbstractEventLoop, error: BaseException) -> None:
-    """A failed call, as asyncio reports a failed callback (its exception handler); what is
-    not an :exc:`Exception` (KeyboardInterrupt, SystemExit) propagates, as from asyncio's."""
-    if not isinstance(error, Exception):
-        raise error
-    message = "Exception in a call scheduled with LoopToken.run_sync_soon"
-    loop.call_exception_handler({"message": message, "exception": error})
-
-
-def _is_running_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    return asyncio._get_running_loop() is loop
-
-
-def _is_current_trio_run(current: Callable[[], object], token: object) -> bool:
-    try:
-        return current() is token
-    except RuntimeError:  # no trio run in this thread
-        return False
-
-
-def current_loop_token() -> LoopToken:
-    """Return a :class:`LoopToken` for the event loop running in this thread."""
-    return LoopToken(anyio.lowlevel.current_token().native_token)
 
 
 class CoreRunner(Protocol):

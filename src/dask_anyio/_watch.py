@@ -51,7 +51,7 @@ class Watcher:
         state.watchers = (*state.watchers, callback)
         if not state.watched:
             self._start_watching(handle, self._deliver)
-        elif state.watched is not True:  # held back with others: this one wants it now
+        elif callable(state.watched):  # held back with others: this one wants it now
             state.watched()
 
     def watch_together(
@@ -77,7 +77,7 @@ class Watcher:
             state.watchers = (*state.watchers, callback)
             if not state.watched:
                 fresh.append(handle)
-            elif state.watched is not True:  # held by another caller's watch
+            elif callable(state.watched):  # held by another caller's watch
                 state.watched()
         held.expected = len(fresh)  # (set before the core can see it)
         for handle in fresh:
@@ -97,6 +97,8 @@ class Watcher:
     def notify(handle: TaskHandle[Any]) -> None:
         """Call ``handle``'s watchers now (it is done, or cancelled by us)."""
         state = state_of(handle)
+        if callable(state.watched):  # held back with others: done for us now
+            state.watched()
         watchers, state.watchers = state.watchers, ()
         for callback in watchers:
             callback()
