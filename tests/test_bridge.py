@@ -18,40 +18,30 @@ from dask_anyio._bridge import LOOP_THREAD_NAME, LoopToken, current_loop_token
 CALLS = 200
 
 
-def _count_schedules(token: LoopToken) -> list[int]:
-    """Count how often ``token`` wakes its loop (schedules a callback there)."""
-    scheduled = [0]
+def _before_each_schedule(token: LoopToken, before: Callable[[], object]) -> None:
+    """Make ``token`` call ``before()`` each time it wakes its loop (schedules a callback)."""
     for name in ("_schedule", "_schedule_here"):
         schedule = getattr(token, name, None)
         if schedule is None:  # (one way of scheduling only)
             continue
 
-        def counting(fn: Callable[..., object], *args: Any, schedule: Any = schedule) -> object:
-            scheduled[0] += 1
+        def wrapped(fn: Callable[..., object], *args: Any, schedule: Any = schedule) -> object:
+            before()
             return schedule(fn, *args)
 
-        setattr(token, name, counting)
+        setattr(token, name, wrapped)
+
+
+def _count_schedules(token: LoopToken) -> list[int]:
+    """Count how often ``token`` wakes its loop."""
+    scheduled = [0]
+    _before_each_schedule(token, lambda: scheduled.__setitem__(0, scheduled[0] + 1))
     return scheduled
 
 
 @pytest.mark.anyio
-async def test_a_burst_of_calls_from_the_loop_itself_runs_in_order_in_one_wakeup() -> None:
-    token = current_loop_token()
-    scheduled = _count_schedules(token)
-    ran: list[int] = []
-    done = anyio.Event()
-    for i in range(CALLS):
-        assert token.run_sync_soon(ran.append, i)
-    assert ran == []  # never inline
-    token.run_sync_soon(done.set)
-    with anyio.fail_after(10):
-        await done.wait()
-    assert ran == list(range(CALLS))
-    assert scheduled == [1]
-
-
-@pytest.mark.anyio
-async def test_a_burst_of_calls_from_another_thread_wakes_the_loop_once() -> None:
+@pytest.mark.parametrize("source", ["the loop itself", "another thread"])
+async def test_a_burst_of_calls_runs_in_order_in_one_wakeup(source: str) -> None:
     token = current_loop_token()
     scheduled = _count_schedules(token)
     ran: list[int] = []
@@ -60,11 +50,15 @@ async def test_a_burst_of_calls_from_another_thread_wakes_the_loop_once() -> Non
     def burst() -> None:
         for i in range(CALLS):
             assert token.run_sync_soon(ran.append, i)
+        assert ran == []  # never inline
         token.run_sync_soon(done.set)
 
-    thread = threading.Thread(target=burst)
-    thread.start()
-    thread.join()  # the loop is held meanwhile: nothing can run before the whole burst
+    if source == "another thread":
+        thread = threading.Thread(target=burst)
+        thread.start()
+        thread.join()  # the loop is held meanwhile: nothing can run before the whole burst
+    else:
+        burst()
     with anyio.fail_after(10):
         await done.wait()
     assert ran == list(range(CALLS))
@@ -200,16 +194,13 @@ async def test_a_call_made_while_scheduling_on_the_same_thread_does_not_deadlock
     ran: list[str] = []
     done = anyio.Event()
     reentered = [False]
-    for name in ("_schedule", "_schedule_here"):
-        schedule = getattr(token, name)
 
-        def reentering(fn: Callable[..., object], schedule: Any = schedule) -> object:
-            if not reentered[0]:
-                reentered[0] = True
-                token.run_sync_soon(ran.append, "inner")
-            return schedule(fn)
+    def reenter() -> None:
+        if not reentered[0]:
+            reentered[0] = True
+            token.run_sync_soon(ran.append, "inner")
 
-        setattr(token, name, reentering)
+    _before_each_schedule(token, reenter)
 
     def outer() -> None:
         token.run_sync_soon(ran.append, "outer")
@@ -228,16 +219,13 @@ async def test_a_call_made_while_scheduling_on_the_same_thread_does_not_deadlock
 async def test_an_interrupt_while_scheduling_leaves_the_token_working() -> None:
     token = current_loop_token()
     interrupted = [False]
-    for name in ("_schedule", "_schedule_here"):
-        schedule = getattr(token, name)
 
-        def interrupting(fn: Callable[..., object], schedule: Any = schedule) -> object:
-            if not interrupted[0]:
-                interrupted[0] = True
-                raise KeyboardInterrupt
-            return schedule(fn)
+    def interrupt_once() -> None:
+        if not interrupted[0]:
+            interrupted[0] = True
+            raise KeyboardInterrupt
 
-        setattr(token, name, interrupting)
+    _before_each_schedule(token, interrupt_once)
     with pytest.raises(KeyboardInterrupt):
         token.run_sync_soon(print, "never")
     done = anyio.Event()

@@ -4,11 +4,14 @@ exhaustive. The real-cluster tests check the same rules slowly, on Dask itself."
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from dask_anyio import (
@@ -361,6 +364,17 @@ async def test_a_gather_whose_tasks_finish_one_by_one_wakes_its_caller_once(
     core.check_clean()
 
 
+async def _gather_holding(
+    core: FakeCore, tg: anyio.abc.TaskGroup, gather: Callable[[], Awaitable[object]], held: Any
+) -> None:
+    """Start ``gather`` in ``tg``; once it waits, finish ``held`` (its completion is then
+    held back for the gather, whose other tasks are pending)."""
+    tg.start_soon(gather)
+    await anyio.wait_all_tasks_blocked()
+    core.finish(held, 0)
+    await anyio.wait_all_tasks_blocked()
+
+
 async def test_a_gather_hears_of_a_failure_at_once() -> None:
     """A finished task is held back, then another fails while a third is pending: the
     gather raises at once."""
@@ -375,10 +389,7 @@ async def test_a_gather_hears_of_a_failure_at_once() -> None:
             raised.set()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(gather)
-            await anyio.wait_all_tasks_blocked()
-            core.finish(a, 0)  # held back
-            await anyio.wait_all_tasks_blocked()
+            await _gather_holding(core, tg, gather, a)
             core.fail(b, Boom("second"))
             with anyio.fail_after(5):
                 await raised.wait()
@@ -439,10 +450,7 @@ async def test_a_task_cancelled_by_us_ends_the_holding_at_once(
             returned.set()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(gather)
-            await anyio.wait_all_tasks_blocked()
-            core.finish(a, 0)  # held back
-            await anyio.wait_all_tasks_blocked()
+            await _gather_holding(core, tg, gather, a)
             assert b.cancel()
             try:
                 with anyio.fail_after(5):
@@ -494,10 +502,7 @@ async def test_a_cancelled_gather_lets_go_of_what_the_core_held_back() -> None:
         a, b = ex.map(work, range(2))
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(ex.gather, [a, b])
-                await anyio.wait_all_tasks_blocked()
-                core.finish(a, 0)  # held back: b is pending
-                await anyio.wait_all_tasks_blocked()
+                await _gather_holding(core, tg, functools.partial(ex.gather, [a, b]), a)
                 assert state_of(a).watched not in (True, False)
                 scope.cancel()
         await anyio.wait_all_tasks_blocked()

@@ -44,15 +44,8 @@ class Watcher:
 
         :raises RuntimeError: if the core's event loop has ended.
         """
-        state = state_of(handle)
-        if state.done():
-            callback()
-            return
-        state.watchers = (*state.watchers, callback)
-        if not state.watched:
+        if self._join(handle, callback):
             self._start_watching(handle, self._deliver)
-        elif callable(state.watched):  # held back with others: this one wants it now
-            state.watched()
 
     def watch_together(
         self, watches: Sequence[tuple[TaskHandle[Any], Callable[[], object]]]
@@ -68,22 +61,26 @@ class Watcher:
         """
         held = _Held(self._deliver)
         let_go = functools.partial(self._runner.core.run_sync_soon, held.let_go)
-        fresh: list[TaskHandle[Any]] = []
-        for handle, callback in watches:
-            state = state_of(handle)
-            if state.done():
-                callback()
-                continue
-            state.watchers = (*state.watchers, callback)
-            if not state.watched:
-                fresh.append(handle)
-            elif callable(state.watched):  # held by another caller's watch
-                state.watched()
+        fresh = [handle for handle, callback in watches if self._join(handle, callback)]
         held.expected = len(fresh)  # (set before the core can see it)
         for handle in fresh:
             self._start_watching(handle, held)
             state_of(handle).watched = let_go
         return let_go
+
+    @staticmethod
+    def _join(handle: TaskHandle[Any], callback: Callable[[], object]) -> bool:
+        """Add ``callback`` to ``handle``'s watchers (or call it at once if done); return
+        whether the core must start watching ``handle``. A handle held back with others
+        (see :meth:`watch_together`) is let go: this watcher wants it now."""
+        state = state_of(handle)
+        if state.done():
+            callback()
+            return False
+        state.watchers = (*state.watchers, callback)
+        if callable(state.watched):
+            state.watched()
+        return not state.watched
 
     @staticmethod
     def unwatch(handle: TaskHandle[Any], callback: Callable[[], object]) -> None:
