@@ -272,6 +272,44 @@ def test_asyncio_an_interrupt_from_a_call_leaves_the_rest_queued() -> None:
         loop.close()
 
 
+class _InterruptingLock:
+    """A reentrant lock that raises KeyboardInterrupt once, when next taken, once armed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.armed = False
+
+    def __enter__(self) -> bool:
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+
+def test_asyncio_an_interrupt_landing_in_the_drain_before_it_took_the_queue() -> None:
+    """The drain that was due is used up: it wakes the loop again, else every later call
+    would wait for a drain that never comes."""
+    loop = asyncio.new_event_loop()
+    try:
+        token = LoopToken(loop)
+        lock = _InterruptingLock()
+        token._lock = lock  # type: ignore[assignment]
+        ran: list[int] = []
+        token.run_sync_soon(ran.append, 1)
+        lock.armed = True  # the drain's own taking of the lock
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.sleep(0))
+        assert ran == []
+        token.run_sync_soon(ran.append, 2)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert ran == [1, 2]
+    finally:
+        loop.close()
+
+
 def test_trio_several_failures_of_a_batch_end_the_run_together() -> None:
     async def main() -> None:
         token = current_loop_token()

@@ -50,7 +50,9 @@ class LoopToken:
     def __init__(self, native: object) -> None:
         self._calls: list[tuple[Callable[..., object], tuple[object, ...]]] = []
         # Reentrant, as trio's own: code that runs in the middle of a call here on the
-        # same thread (a __del__ run by the garbage collector, a signal handler) may call in.
+        # same thread (a __del__ run by the garbage collector) may call in. (Not a signal
+        # handler on an asyncio loop's thread: from there the loop is not woken. asyncio's
+        # loop.add_signal_handler runs handlers as callbacks, where calls are fine.)
         self._lock = threading.RLock()
         if isinstance(native, asyncio.AbstractEventLoop):
             # Callbacks run in the context of the thread that schedules them, where nothing
@@ -119,12 +121,13 @@ class LoopToken:
     def _drain(self) -> None:
         """On the loop: run the calls scheduled so far (those scheduled meanwhile get a new
         drain: a bounded amount of work per callback). A KeyboardInterrupt or SystemExit
-        from a call propagates at once; the calls after it stay queued."""
-        with self._lock:
-            calls, self._calls = self._calls, []
+        from a call (or landing here) propagates at once; the calls not run stay queued."""
+        calls: list[tuple[Callable[..., object], tuple[object, ...]]] | None = None
         failures: list[Exception] = []
         ran = 0
         try:
+            with self._lock:
+                calls, self._calls = self._calls, []
             for fn, args in calls:
                 ran += 1
                 try:
@@ -133,15 +136,20 @@ class LoopToken:
                     failures.append(error)
                     self._failed(error)
         finally:
-            if ran < len(calls):
-                self._put_back(calls[ran:])
+            self._put_back(self._calls if calls is None else calls[ran:])
         self._report(failures)
 
     def _put_back(self, calls: list[tuple[Callable[..., object], tuple[object, ...]]]) -> None:
-        """Queue ``calls`` again, ahead of those scheduled since."""
+        """Queue ``calls`` again, ahead of those scheduled since (``calls`` may be the
+        queue itself: a drain interrupted before it took the queue wakes the loop again)."""
         with self._lock:
-            if self._calls or self._wake():
+            if not calls:
+                return
+            due = bool(self._calls) and calls is not self._calls
+            if calls is not self._calls:
                 self._calls[:0] = calls
+            if not due and not self._wake():
+                self._calls.clear()  # the loop has finished: dropped
 
     def is_current(self) -> bool:
         """Return whether the calling code runs on this token's event loop: not on another

@@ -61,7 +61,8 @@ class Watcher:
         """
         held = _Held(self._deliver)
         let_go = functools.partial(self._runner.core.run_sync_soon, held.let_go)
-        fresh = [handle for handle, callback in watches if self._join(handle, callback)]
+        # (one watch per handle, also if it is listed twice)
+        fresh = list({id(h): h for h, callback in watches if self._join(h, callback)}.values())
         held.expected = len(fresh)  # (set before the core can see it)
         for handle in fresh:
             self._start_watching(handle, held)
