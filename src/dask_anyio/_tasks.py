@@ -116,10 +116,9 @@ class TaskTable:
 
     # -- handles ---------------------------------------------------------------------------
 
-    def _let_go(self, future: distributed.Future[Any]) -> None:
-        """Drop our reference to ``future``'s key, on the core loop: Dask's client tells its
-        loop with a callback, which from another thread costs a wake-up of that loop per key;
-        crossing with the other calls of this turn costs one for all of them."""
+    def _release_on_core(self, future: distributed.Future[Any]) -> None:
+        """Drop our reference to ``future``'s key on the core loop (from another thread,
+        Dask's release wakes its loop once per key; our crossing, once per batch)."""
         core = self._runner.core
         if core.is_current():
             self._core.release(future)
@@ -134,7 +133,7 @@ class TaskTable:
         if existing is None:
             self._count(handle)
         elif how in (Adopt.TASK, Adopt.BORROWED):  # (pure=True, an identical call; ours)
-            self._let_go(future)
+            self._release_on_core(future)
             return existing
         elif how is Adopt.PERSIST:
             if existing in self.calls.get(key, ()):  # a compute() call's: take over
@@ -245,7 +244,7 @@ class TaskTable:
         if self.handles.get(handle.key) is handle:  # counted as submitted, hence here
             del self.handles[handle.key]
             self._outcomes[state.final_status] += 1
-        self._let_go(state.future)
+        self._release_on_core(state.future)
         return True
 
     def confirm_later(self, *keys: Hashable) -> None:
@@ -387,7 +386,7 @@ class TaskTable:
             await self._watcher.freeze(handle)
             state = state_of(handle)
             self._outcomes[state.status] += 1
-            self._let_go(state.future)
+            self._release_on_core(state.future)
             key = state.future.key
             if key not in self._forgotten_keys:  # (a confirmed cancellation: gone already)
                 self._released_keys.add(key)
@@ -398,7 +397,7 @@ class TaskTable:
                 arrived.add(key)
             self._watcher.notify(handle)
         for future in self._other_references:
-            self._let_go(future)
+            self._release_on_core(future)
         self._other_references.clear()
         self.handles.clear()
         self._forgotten_keys.clear()
