@@ -136,19 +136,22 @@ class LoopToken:
                     failures.append(error)
                     self._failed(error)
         finally:
-            self._put_back(self._calls if calls is None else calls[ran:])
+            if calls is None:  # interrupted before it took the queue: its drain is used up
+                self._requeue([], due=False)
+            elif ran < len(calls):  # interrupted by a call: the rest go first
+                self._requeue(calls[ran:], due=True)
         self._report(failures)
 
-    def _put_back(self, calls: list[tuple[Callable[..., object], tuple[object, ...]]]) -> None:
-        """Queue ``calls`` again, ahead of those scheduled since (``calls`` may be the
-        queue itself: a drain interrupted before it took the queue wakes the loop again)."""
+    def _requeue(
+        self, calls: list[tuple[Callable[..., object], tuple[object, ...]]], *, due: bool
+    ) -> None:
+        """After an interrupted drain: queue ``calls`` again, ahead of those scheduled
+        since, and wake the loop for the queue unless a drain is ``due`` for it (one is for
+        the calls scheduled after the drain took the queue)."""
         with self._lock:
-            if not calls:
-                return
-            due = bool(self._calls) and calls is not self._calls
-            if calls is not self._calls:
-                self._calls[:0] = calls
-            if not due and not self._wake():
+            due = due and bool(self._calls)
+            self._calls[:0] = calls
+            if self._calls and not due and not self._wake():
                 self._calls.clear()  # the loop has finished: dropped
 
     def is_current(self) -> bool:

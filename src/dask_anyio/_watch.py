@@ -219,8 +219,11 @@ class _Held:
     def __call__(self, handles: list[TaskHandle[Any]]) -> None:
         self.expected -= len(handles)
         self._items.extend(handles)
-        finished = all(state_of(h).future.status == "finished" for h in handles)
-        if self._holding and self.expected > 0 and finished:
+        if (
+            self._holding
+            and self.expected > 0
+            and all(state_of(h).future.status == "finished" for h in handles)
+        ):
             return
         self._hand_over()
 
