@@ -187,6 +187,20 @@ def _cell(cell: dict[str, Any], unit: str) -> str:
     return text
 
 
+def _load_line(data: dict[str, Any]) -> list[str]:
+    """The machine's 1-minute load average over the run (sampled before each contender's
+    process; runs from before the sampling have none)."""
+    loads = sorted(x["load"] for x in data.get("loads", []) if x["load"] is not None)
+    if not loads:
+        return []
+    median = loads[len(loads) // 2]
+    return [
+        f"Load (1-minute average, before each of {len(loads)} processes): median "
+        f"{median:.2f}, min {loads[0]:.2f}, max {loads[-1]:.2f}, on "
+        f"{data['machine']['usable_cores']} cores."
+    ]
+
+
 def markdown(data: dict[str, Any]) -> str:
     machine = data["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
@@ -199,6 +213,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"Versions: {versions}.",
         f"Plan: {data['plan']['repetitions']} repetitions, {data['plan']['workers']} worker(s) "
         f"with {data['plan']['threads']} threads; the run took {data['seconds']:.0f} s.",
+        *_load_line(data),
         "",
         "Each cell: median (p95 where there are several samples), **ratio to raw-asyncio** "
         "from the same run. Throughput: higher is better; times and memory: lower is better.",

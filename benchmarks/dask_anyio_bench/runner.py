@@ -328,6 +328,9 @@ def run(plan: Plan, output: Path, say: Callable[[str], object] = print) -> dict[
     contenders, skipped = available((BASELINE, *(c for c in plan.contenders if c != BASELINE)))
     started = time.monotonic()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    # The machine's 1-minute load average before each contender's process: the machines
+    # are shared, and a figure is read against the load it was measured under.
+    loads: list[dict[str, Any]] = []
     for saturation in plan.saturations:
         say(f"worker-saturation {saturation}: starting a cluster")
         with start_cluster(saturation, plan, log) as cluster:
@@ -339,12 +342,13 @@ def run(plan: Plan, output: Path, say: Callable[[str], object] = print) -> dict[
                 for contender in contenders[shift:] + contenders[:shift]:
                     say(f"  repetition {repetition + 1}/{plan.repetitions}: {contender}")
                     workloads = plan.workloads(repetition, contender)
+                    loads.append(_load(started, saturation, contender))
                     result = run_contender(
                         contender, cluster.address, workloads, log, plan.process_timeout
                     )
                     per_contender[contender].append(result)
             runs[saturation] = per_contender
-        data = _collect(plan, skipped, started, runs)
+        data = _collect(plan, skipped, started, runs, loads)
         _write(output, data)
     say(report.markdown(data))
     if report.chart(data, output / "results.png") is None:
@@ -352,8 +356,18 @@ def run(plan: Plan, output: Path, say: Callable[[str], object] = print) -> dict[
     return data
 
 
+def _load(started: float, saturation: str, contender: str) -> dict[str, Any]:
+    one_minute = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    elapsed = round(time.monotonic() - started)
+    return {"s": elapsed, "saturation": saturation, "contender": contender, "load": one_minute}
+
+
 def _collect(
-    plan: Plan, skipped: dict[str, str], started: float, runs: dict[str, Any]
+    plan: Plan,
+    skipped: dict[str, str],
+    started: float,
+    runs: dict[str, Any],
+    loads: list[dict[str, Any]],
 ) -> dict[str, Any]:
     data = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -362,6 +376,7 @@ def _collect(
         "skipped": skipped,
         "seconds": time.monotonic() - started,
         "runs": runs,
+        "loads": loads,
     }
     data["summary"] = report.summarize(data)
     return data
