@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .contenders import BASELINE, CONTENDERS
+from .targets import TARGETS, table_row, targets_table
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -59,35 +60,6 @@ METRICS: dict[str, tuple[str, str, str, bool]] = {
     "loop lateness max": ("loop_lateness", "lateness_max", "ms", False),
     "memory per pending task": ("memory_per_pending", "bytes_per_task", "bytes", False),
     "large result": ("large_result", "seconds", "ms", False),
-}
-
-#: Targets of issue 5, as ratios to the baseline (or, for cancel latency, p95 in ms).
-TARGETS = {
-    ("map throughput", "dask-anyio-asyncio"): 0.95,
-    ("map throughput", "dask-anyio-trio"): 0.90,
-    ("submit throughput", "dask-anyio-asyncio"): 0.95,
-    ("submit throughput", "dask-anyio-trio"): 0.90,
-    ("round trip", "dask-anyio-asyncio"): 1.10,
-    ("round trip", "dask-anyio-trio"): 1.20,
-    # Issue 18: the client's CPU time per task (every thread of its process).
-    ("map: client CPU per task", "dask-anyio-asyncio"): 1.2,
-    ("map: client CPU per task", "dask-anyio-trio"): 1.2,
-    ("submit: client CPU per task", "dask-anyio-asyncio"): 1.2,
-    ("submit: client CPU per task", "dask-anyio-trio"): 1.2,
-    ("memory per pending task", "dask-anyio-asyncio"): 2.0,
-    ("memory per pending task", "dask-anyio-trio"): 2.0,
-}
-CANCEL_P95_TARGET_MS = 50.0
-#: Issue 7: a running task stops within this long of its caller's cancellation (p95).
-STOP_P95_TARGET_MS = 200.0
-#: metric -> its target as a p95 in ms, for the dask-anyio contenders.
-P95_TARGETS_MS = {
-    "cancel to forgotten": CANCEL_P95_TARGET_MS,
-    "stop: checkpoint()": STOP_P95_TARGET_MS,
-    "stop: coroutine": STOP_P95_TARGET_MS,
-    "stop: kill_on_cancel": STOP_P95_TARGET_MS,
-    # Issue 17: a cancelled root's tree of 15 tasks gone from the scheduler.
-    "tree: cancel to all forgotten": STOP_P95_TARGET_MS,
 }
 
 
@@ -249,7 +221,7 @@ def markdown(data: dict[str, Any]) -> str:
                 for c in contenders
             ]
             lines.append(f"| {name} | {row['unit']} | " + " | ".join(cells) + " |")
-        lines += ["", *_targets(table), "", *_scaling(table, contenders)]
+        lines += ["", *targets_table(table), "", *_scaling(table, contenders)]
         errors = sorted(
             {
                 f"{c}, {name}: {e}"
@@ -263,37 +235,13 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _targets(table: dict[str, Any]) -> list[str]:
-    lines = [_row("target", "contender", "goal", "measured", "met"), _row(*["---"] * 5)]
-    for name, row in table.items():
-        for contender, cell in row["contenders"].items():
-            goal = TARGETS.get((row["metric"], contender))
-            sign = ">=" if row["higher_is_better"] else "<="
-            if goal is not None and "ratio" in cell:
-                ratio = cell["ratio"]
-                met = ratio >= goal if row["higher_is_better"] else ratio <= goal
-                lines.append(
-                    _row(name, contender, f"{sign} {goal:.2f}x", f"{ratio:.2f}x", _met(met))
-                )
-            elif goal is not None:  # no figure: the target is not met
-                missing = "fails" if cell["errors"] else "n/a"
-                lines.append(_row(name, contender, f"{sign} {goal:.2f}x", missing, _met(False)))
-            goal_p95 = P95_TARGETS_MS.get(row["metric"])
-            if goal_p95 is not None and contender.startswith("dask-anyio"):
-                goal_ms = f"<= {goal_p95:.0f} ms (p95)"
-                if cell["p95"] is None:
-                    lines.append(_row(name, contender, goal_ms, "fails", _met(False)))
-                else:
-                    met = cell["p95"] <= goal_p95
-                    measured = f"{cell['p95']:.1f} ms"
-                    lines.append(_row(name, contender, goal_ms, measured, _met(met)))
-    return lines
-
-
 def _scaling(table: dict[str, Any], contenders: list[str]) -> list[str]:
     """Time per task (µs, median) of each throughput workload at each size: flat is good.
     (Nothing for a run without throughput workloads.)"""
-    lines = [_row("time per task (µs)", *contenders), _row(*["---"] * (len(contenders) + 1))]
+    lines = [
+        table_row("time per task (µs)", *contenders),
+        table_row(*["---"] * (len(contenders) + 1)),
+    ]
     if not any(row["unit"] == "tasks/s" for row in table.values()):
         return []
     for name, row in table.items():
@@ -303,16 +251,8 @@ def _scaling(table: dict[str, Any], contenders: list[str]) -> list[str]:
         for contender in contenders:
             median = row["contenders"].get(contender, {}).get("median")
             cells.append(f"{1e6 / median:.0f}" if median else "")
-        lines.append(_row(name, *cells))
+        lines.append(table_row(name, *cells))
     return lines
-
-
-def _row(*cells: str) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _met(met: bool) -> str:
-    return "yes" if met else "**no**"
 
 
 def chart(data: dict[str, Any], path: Path) -> Path | None:
