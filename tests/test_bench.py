@@ -190,3 +190,49 @@ def test_stop_rows_show_what_runs_on_and_the_200_ms_target() -> None:
     assert "| stop: checkpoint() (2) | dask-anyio-trio | <= 200 ms (p95) | 285.5 ms | **no** |" in (
         text
     )
+
+
+def test_issue_18_targets_on_medians_and_between_backends() -> None:
+    """kill_on_cancel at most 1.3x a plain call (for dask-anyio's contenders), and trio's
+    loop lateness p99 at most 1.5x asyncio's in the same run."""
+    runs: dict[str, Any] = {
+        "raw-asyncio": [
+            {
+                "kill_on_cancel_trip:5": {"ratio": 1.5, "ratio_heavy": 1.2},
+                "loop_lateness:200": {"lateness_p99": 0.010},
+            }
+        ],
+        "dask-anyio-asyncio": [
+            {
+                "kill_on_cancel_trip:5": {"ratio": 1.25, "ratio_heavy": 1.35},
+                "loop_lateness:200": {"lateness_p99": 0.020},
+            }
+        ],
+        "dask-anyio-trio": [
+            {
+                "kill_on_cancel_trip:5": {"ratio": 1.1, "ratio_heavy": 1.3},
+                "loop_lateness:200": {"lateness_p99": 0.032},
+            }
+        ],
+    }
+    text = report.markdown(_data(runs))
+    builtin = "kill_on_cancel / plain call: builtin (5)"
+    heavy = "kill_on_cancel / plain call: imports distributed (5)"
+    assert f"| {builtin} | dask-anyio-asyncio | <= 1.30x | 1.25x | yes |" in text
+    assert f"| {heavy} | dask-anyio-asyncio | <= 1.30x | 1.35x | **no** |" in text
+    assert f"| {heavy} | dask-anyio-trio | <= 1.30x | 1.30x | yes |" in text
+    assert f"| {builtin} | raw-asyncio |" not in text  # (dask-anyio's targets only)
+    lateness = "| loop lateness p99 (200) | dask-anyio-trio | <= 1.50x dask-anyio-asyncio's"
+    assert f"{lateness} | 1.60x | **no** |" in text
+
+
+def test_the_load_is_sampled_and_summed_up() -> None:
+    data = _data(RUNS)
+    assert "Load" not in report.markdown(data)  # (a run from before the sampling)
+    data["loads"] = [
+        {"s": 0, "saturation": "1.1", "contender": "raw-asyncio", "load": 0.5},
+        {"s": 9, "saturation": "1.1", "contender": "dask-anyio-trio", "load": 1.75},
+        {"s": 20, "saturation": "1.1", "contender": "dask-anyio-asyncio", "load": 1.25},
+    ]
+    text = report.markdown(data)
+    assert "before each of 3 processes): median 1.25, min 0.50, max 1.75, on 2 cores" in text
