@@ -59,6 +59,8 @@ SCHEDULER_LOST = "scheduler-connection-lost"
 
 _CLIENT_SUBMIT_PARAMETERS = frozenset(inspect.signature(distributed.Client.submit).parameters)
 _CLIENT_MAP_PARAMETERS = frozenset(inspect.signature(distributed.Client.map).parameters)
+#: Whether Dask's client drops a key's reference as :meth:`Core.release` expects.
+_DEC_REF = hasattr(distributed.Client, "_dec_ref")
 
 
 def _new_key(
@@ -299,8 +301,21 @@ class DaskCore:
 
     @staticmethod
     def release(future: distributed.Future[Any]) -> None:
-        """Drop our reference to ``future``'s key. Thread-safe; the scheduler is told later."""
-        future.release()
+        """Drop our reference to ``future``'s key (core loop only); the scheduler is told
+        with the messages sent in this turn of the loop.
+
+        ``Future.release`` drops the reference one loop turn later (its ``add_callback``),
+        and so sends the release one turn after a submit made beside it: alone, where
+        Dask's client sends at most one batch per 10 ms. The next call's submit then
+        waited up to 10 ms behind it (trio's round trip was 1.14-1.28x the raw client's,
+        p95 20 against 12 ms). Dropping it now, as ``Future.release`` would a turn later,
+        puts the release in the submit's batch."""
+        client = future.client
+        if not (_DEC_REF and hasattr(future, "_cleared") and hasattr(future, "_generation")):
+            future.release()  # pragma: no cover - Dask changed: its own way, a turn later
+        elif not future._cleared and client.generation == future._generation:
+            future._cleared = True  # (what Future.release does, and _dec_ref a turn later)
+            client._dec_ref(future.key)
 
     async def wait_released(self, keys: Collection[Any]) -> None:
         """Wait until the client has sent the release of ``keys`` (released with
