@@ -271,6 +271,8 @@ class FakeCore:
                 task.status = CANCELLED
                 self._changed(task)
 
+    release_now = release  # (both drop the reference at once here)
+
     async def wait_released(self, keys: Collection[Any]) -> None:
         pass
 

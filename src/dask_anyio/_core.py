@@ -301,15 +301,22 @@ class DaskCore:
 
     @staticmethod
     def release(future: distributed.Future[Any]) -> None:
-        """Drop our reference to ``future``'s key (core loop only); the scheduler is told
-        with the messages sent in this turn of the loop.
+        """Drop our reference to ``future``'s key, as Dask does (a loop turn later).
+        Thread-safe; the scheduler is told with the messages of that turn."""
+        future.release()
 
-        ``Future.release`` drops the reference one loop turn later (its ``add_callback``),
-        and so sends the release one turn after a submit made beside it: alone, where
-        Dask's client sends at most one batch per 10 ms. The next call's submit then
-        waited up to 10 ms behind it (trio's round trip was 1.14-1.28x the raw client's,
-        p95 20 against 12 ms). Dropping it now, as ``Future.release`` would a turn later,
-        puts the release in the submit's batch."""
+    @staticmethod
+    def release_now(future: distributed.Future[Any]) -> None:
+        """Drop our reference to ``future``'s key at once (core loop only): for a release
+        that crossed from another thread, already a turn or more behind the calls made
+        beside it there.
+
+        Dask's client sends at most one batch of messages per 10 ms, and a release must go
+        in the batch of the next call's submit: sent alone, it holds that submit back by up
+        to 10 ms. From the caller's loop on the core's own thread, ``Future.release`` (a
+        turn later) puts it there; after a crossing, a turn later is one too many, and
+        trio's sequential round trip was 1.14-1.28x the raw client's (p95 20 against 12
+        ms)."""
         client = future.client
         if not (_DEC_REF and hasattr(future, "_cleared") and hasattr(future, "_generation")):
             future.release()  # pragma: no cover - Dask changed: its own way, a turn later

@@ -123,7 +123,7 @@ class TaskTable:
         if core.is_current():
             self._core.release(future)
         else:  # (in order with what follows: a wait for the release, a submit)
-            core.run_sync_soon(self._core.release, future)
+            core.run_sync_soon(self._core.release_now, future)
 
     def adopt(self, future: distributed.Future[Any], how: Adopt = Adopt.TASK) -> TaskHandle[Any]:
         """Own ``future``'s task; return its handle (see :class:`Adopt`)."""
