@@ -15,6 +15,8 @@ PYTHON = "3.11"
 TEST_DEPS = [
     "pytest>=8.4",
     "pytest-timeout",
+    # the pytest plugin's tests under pytest-xdist
+    "pytest-xdist",
     "psutil",
     "uvloop",
     "trustme",
@@ -56,7 +58,10 @@ def typecheck(session: nox.Session) -> None:
     ``--ignoreexternal``: distributed's own API is only partly annotated, and our public
     signatures mention ``distributed.Client`` and ``distributed.Future``.
     """
-    session.install("-e", ".[trio,array,dataframe]", "mypy", "pyright[nodejs]")
+    # pytest and psutil's stubs: the pytest plugin (dask_anyio.pytest_plugin, _leaks)
+    session.install(
+        "-e", ".[trio,array,dataframe]", "mypy", "pyright[nodejs]", "pytest>=8.4", "types-psutil"
+    )
     session.run("mypy", "--strict", "src", "benchmarks", "tests/typing")
     # the session's interpreter, so that pyright sees what was installed here
     python = ["--pythonpath", os.path.join(session.bin, "python")]

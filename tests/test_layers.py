@@ -60,6 +60,8 @@ LAYERS = {
     ],
     # the `dask anyio` command line, over the public API
     "command line": ["_demo", "_cli", "__main__"],
+    # the pytest plugin for users' tests, over the public API (and the leak checks)
+    "pytest plugin": ["_orphaned", "_leaks", "_spawned", "_testcluster", "pytest_plugin"],
 }
 ORDER = [module for layer in LAYERS.values() for module in layer]
 PACKAGE = pathlib.Path(dask_anyio.__file__).parent

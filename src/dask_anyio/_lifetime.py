@@ -91,6 +91,12 @@ class ExecutorLifetime:
     ) -> bool | None:
         return await self._scope.leave(exc)
 
+    async def _aexit_within(self, patience: float) -> None:
+        """A normal ``__aexit__`` that waits ``patience`` seconds at most for what is
+        outstanding, then cancels it and raises ``_scope.ExitTimeout`` (the pytest
+        plugin's exit after a test that passed)."""
+        await self._scope.leave(None, patience)
+
     # -- introspection ---------------------------------------------------------------------
 
     def __repr__(self) -> str:

@@ -5,6 +5,7 @@ group. The façade, :class:`~dask_anyio.DaskExecutor`, holds one and delegates t
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -29,7 +30,20 @@ from ._parts import Parts
 from ._tasks import TaskTable
 from ._watch import Watcher
 
-__all__ = ["CoreOpener", "ExecutorScope", "RunnerOpener"]
+__all__ = ["UNOBSERVED", "CoreOpener", "ExecutorScope", "ExitTimeout", "RunnerOpener"]
+
+#: The message of the group that a normal exit raises with the failures nobody awaited.
+UNOBSERVED = "tasks failed and nobody awaited them"
+
+
+class ExitTimeout(TimeoutError):
+    """A normal exit given a patience (``leave(None, patience=)``) found tasks still
+    pending when it ran out: it cancelled them, as an exit by an error does."""
+
+    def __init__(self, pending: int, patience: float) -> None:
+        super().__init__(f"{pending} task(s) still pending {patience:g} s into the exit")
+        self.pending = pending
+
 
 #: How an executor opens its core, given the address of a scheduler file if it has one.
 CoreOpener = Callable[[str | None], Awaitable[DaskCore]]
@@ -147,18 +161,20 @@ class ExecutorScope:
 
     # -- leaving ---------------------------------------------------------------------------
 
-    async def leave(self, exc: BaseException | None) -> bool | None:
-        """``__aexit__``: the exit rules of the class docstring of DaskExecutor."""
+    async def leave(self, exc: BaseException | None, patience: float | None = None) -> bool | None:
+        """``__aexit__``: the exit rules of the class docstring of DaskExecutor. With a
+        ``patience``, a normal exit waits that many seconds at most for what is outstanding,
+        then cancels it and raises :class:`ExitTimeout` (for the pytest plugin)."""
         if self.gate.phase is not Phase.OPEN:
             self.gate.check_open()  # raises, saying why
         self.gate.check_loop()
         try:
-            return await self._leave(exc)
+            return await self._leave(exc, patience)
         finally:
             if self._exited is not None:
                 self._exited.set()
 
-    async def _leave(self, exc: BaseException | None) -> bool | None:
+    async def _leave(self, exc: BaseException | None, patience: float | None) -> bool | None:
         other_task = anyio.get_current_task().id != self._entered_in
         gate, tasks = self.gate, self.table
         gate.phase = Phase.CLOSING
@@ -167,9 +183,15 @@ class ExecutorScope:
         error = exc
         if error is None:
             try:
-                await self._wait_outstanding()
+                # (inside the task group's scope, opened and closed here: nested as it must)
+                limit = math.inf if patience is None else patience
+                with anyio.move_on_after(limit) as waited:
+                    await self._wait_outstanding()
             except BaseException as wait_error:  # cancelled while waiting: as for an error
                 error = wait_error
+            else:
+                if waited.cancelled_caught:  # (a patience was given)
+                    error = ExitTimeout(tasks.statistics().pending, limit)
         unobserved: list[Exception] = []
         cleanup_errors: list[Exception] = []
         try:
@@ -210,7 +232,7 @@ class ExecutorScope:
             raise cleanup_errors[0]
         failures = one_scheduler_lost(unobserved) + tasks.background_errors
         if failures:
-            raise ExceptionGroup("tasks failed and nobody awaited them", failures)
+            raise ExceptionGroup(UNOBSERVED, failures)
         return None
 
     async def _wait_outstanding(self) -> None:
