@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import multiprocessing.resource_tracker
 import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -19,11 +14,15 @@ from typing import Any
 
 import dask
 import distributed
-import psutil
 import pytest
 from distributed.security import Security
 
+from dask_anyio import DaskExecutor
 from dask_anyio._core import CANCEL_CHUNK
+from dask_anyio._spawned import scheduler_command, wait_for_file, worker_command
+from dask_anyio._spawned import stop_processes as stop_spawned
+from dask_anyio._testcluster import open_two_connections
+from dask_anyio.pytest_plugin import DaskTestCluster, open_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,17 +112,6 @@ class ExternalCluster:
         return states
 
 
-def _open_two_connections(observer: distributed.Client) -> None:
-    """Let the observer client hold two connections to the scheduler from the start, so
-    that leak checks count them in every test's baseline: two requests overlapping while
-    the scheduler is busy would otherwise open the second one during some test."""
-
-    async def two_at_once() -> None:
-        await asyncio.gather(observer.scheduler.identity(), observer.scheduler.identity())
-
-    observer.sync(two_at_once)
-
-
 def _scheduler_keys(dask_scheduler: Any) -> list[str]:
     return [str(k) for k in dask_scheduler.tasks]
 
@@ -150,16 +138,6 @@ def _scheduler_task_states(dask_scheduler: Any) -> dict[str, str]:
     return {str(k): ts.state for k, ts in dask_scheduler.tasks.items()}
 
 
-def _wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists() or not path.read_text().strip():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{proc.args} did not write {path}")
-        time.sleep(0.05)
-
-
 def start_external_cluster(
     tmp: Path,
     *,
@@ -173,35 +151,18 @@ def start_external_cluster(
     ``PYTHONPATH``: they import the tests' task functions and this checkout's dask_anyio."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
     scheduler_file = tmp / "scheduler.json"
-    scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    # --no-dashboard still starts the HTTP server (health, metrics): on port 8787 of every
-    # interface unless told otherwise.
-    scheduler += ["--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
-    scheduler += ["--dashboard-address", "127.0.0.1:0", "--scheduler-file"]
-    scheduler += [str(scheduler_file), *(scheduler_args or [])]
     procs: list[subprocess.Popen[bytes]] = []
     with (tmp / "cluster.log").open("ab") as log:  # the children keep their own copies
         spawn = partial(subprocess.Popen, env=env, stdout=log, stderr=log, start_new_session=True)
-        procs.append(spawn(scheduler))
+        procs.append(spawn(scheduler_command(scheduler_file, *(scheduler_args or []))))
         try:
-            _wait_for_file(scheduler_file, procs[0], 60)
+            wait_for_file(scheduler_file, procs[0], 60)
             address = json.loads(scheduler_file.read_text())["address"]
             for i in range(n_workers):
-                worker = [sys.executable, "-m", "distributed.cli.dask_worker", address]
-                worker += [
-                    "--host",
-                    "127.0.0.1",
-                    "--nworkers",
-                    "1",
-                    "--no-dashboard",
-                    "--dashboard-address",
-                    "127.0.0.1:0",
-                    "--resources",
-                    "SLOT=1",
-                ]
+                worker = ["--nworkers", "1", "--resources", "SLOT=1"]
                 worker += ["--nthreads", str(nthreads), "--name", f"worker-{i}"]
-                worker += ["--local-directory", str(tmp / f"worker-{i}"), *(worker_args or [])]
-                procs.append(spawn(worker))
+                worker += worker_args or []
+                procs.append(spawn(worker_command(address, tmp / f"worker-{i}", *worker)))
         except BaseException:
             stop_processes(procs)
             raise
@@ -210,19 +171,7 @@ def start_external_cluster(
 
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
     """Stop the processes and everything they started; fail if any survives."""
-    family: list[psutil.Process] = []
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            family += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
-    for proc in reversed(procs):
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(family, timeout=15)
-    for p in alive:
-        p.kill()
-    _, alive = psutil.wait_procs(alive, timeout=5)
-    for proc in procs:
-        proc.wait(timeout=5)
+    alive = stop_spawned(procs)
     assert not alive, f"processes survived: {alive}"
 
 
@@ -230,6 +179,21 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
 def external_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalCluster]:
     """A scheduler and two 8-thread workers, started with the ``dask`` commands."""
     yield from _external_cluster(tmp_path_factory.mktemp("external"))
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(external_cluster: ExternalCluster) -> Iterator[DaskTestCluster]:
+    """Our own pytest plugin's cluster is the external one: the tests that take ``ex`` (the
+    plugin's ``dask_executor``) run there, and the plugin checks what each leaves behind
+    (keys on the scheduler included)."""
+    with open_cluster(external_cluster.address) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def ex(dask_executor: DaskExecutor) -> DaskExecutor:
+    """The plugin's ``dask_executor``, under the name the tests give an executor."""
+    return dask_executor
 
 
 @pytest.fixture(scope="session")
@@ -303,7 +267,7 @@ def _external_cluster(
         try:
             observer.wait_for_workers(len(procs) - 1, timeout=60)  # all but the scheduler
             workers = sorted(observer.scheduler_info(n_workers=-1)["workers"])
-            _open_two_connections(observer)
+            open_two_connections(observer)
             yield ExternalCluster(address, workers, procs, observer, tmp / "scheduler.json")
         finally:
             observer.close()

@@ -47,37 +47,33 @@ async def test_an_actor_keeps_its_state(external_cluster: ExternalCluster) -> No
 
 
 @pytest.mark.parametrize("builtin", [True, False], ids=["builtin", "users"])
-async def test_an_actors_error_has_its_remote_traceback(
-    external_cluster: ExternalCluster, builtin: bool
-) -> None:
+async def test_an_actors_error_has_its_remote_traceback(ex: DaskExecutor, builtin: bool) -> None:
     """A method's exception is raised with the method's own frame in its traceback, for
     a builtin exception class and for one of the actor's module."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        counter = await ex.actor(Counter)
-        with pytest.raises(ValueError if builtin else CounterError) as caught:
-            await counter.fail(builtin)
-        frames = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
-        assert "fail" in frames
-        assert await counter.add() == 1  # (the actor serves on)
+    counter = await ex.actor(Counter)
+    with pytest.raises(ValueError if builtin else CounterError) as caught:
+        await counter.fail(builtin)
+    frames = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
+    assert "fail" in frames
+    assert await counter.add() == 1  # (the actor serves on)
 
 
 async def test_a_cancelled_call_leaves_the_actor_serving(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
     """A call cancelled while its method runs returns at once; the method runs to its end
     on the worker, and the actor serves the next calls."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        counter = await ex.actor(Counter)
-        started = f"hold-{counter.handle.key}"
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(counter.hold, 100, started)
-                with anyio.fail_after(WAIT):
-                    await ex.event(started).wait()
-                scope.cancel()
-        assert scope.cancelled_caught
-        await counter.release()
-        assert await counter.add(1) == 101  # hold() ran to its end, then this call
+    counter = await ex.actor(Counter)
+    started = f"hold-{counter.handle.key}"
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(counter.hold, 100, started)
+            with anyio.fail_after(WAIT):
+                await ex.event(started).wait()
+            scope.cancel()
+    assert scope.cancelled_caught
+    await counter.release()
+    assert await counter.add(1) == 101  # hold() ran to its end, then this call
 
 
 async def test_a_cancelled_creation_leaves_no_actor(external_cluster: ExternalCluster) -> None:
@@ -121,30 +117,28 @@ def _states(cluster: ExternalCluster, prefix: str) -> list[str]:
 
 
 async def test_an_actors_handle_reaches_a_task_as_dasks_proxy(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
     """A task given the actor's handle calls the actor through Dask's proxy; the Actor
     itself is not sent (it says so)."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        counter = await ex.actor(Counter, 1)
-        assert await ex.run(add_through, counter.handle, 2) == 3
-        assert await counter.n == 3
-        with pytest.raises(TypeError, match="pass its handle"):
-            ex.submit(add_through, counter, 2)
+    counter = await ex.actor(Counter, 1)
+    assert await ex.run(add_through, counter.handle, 2) == 3
+    assert await counter.n == 3
+    with pytest.raises(TypeError, match="pass its handle"):
+        ex.submit(add_through, counter, 2)
 
 
-async def test_submit_refuses_actor_true(external_cluster: ExternalCluster) -> None:
+async def test_submit_refuses_actor_true(ex: DaskExecutor) -> None:
     """``actor=True`` to submit, run or map would reach the class: an error naming
     ex.actor. A function that names a parameter ``actor`` still gets it."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        with pytest.raises(TypeError, match=r"ex\.actor\(cls, \*args\)"):
-            ex.submit(Counter, actor=True)
-        with pytest.raises(TypeError, match=r"run\(\) passes every keyword.*ex\.actor"):
-            await ex.run(Counter, actor=True)
-        with pytest.raises(TypeError, match=r"map\(\) passes every keyword.*ex\.actor"):
-            ex.map(Counter, [1], actors=True)
-        made = await ex.run(TakesActor, actor="value")
-        assert made.actor == "value"
+    with pytest.raises(TypeError, match=r"ex\.actor\(cls, \*args\)"):
+        ex.submit(Counter, actor=True)
+    with pytest.raises(TypeError, match=r"run\(\) passes every keyword.*ex\.actor"):
+        await ex.run(Counter, actor=True)
+    with pytest.raises(TypeError, match=r"map\(\) passes every keyword.*ex\.actor"):
+        ex.map(Counter, [1], actors=True)
+    made = await ex.run(TakesActor, actor="value")
+    assert made.actor == "value"
 
 
 async def test_bad_use_is_named(external_cluster: ExternalCluster) -> None:

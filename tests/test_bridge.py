@@ -350,13 +350,17 @@ async def test_keys_are_released_on_the_core_loop(
     from .tasks import inc
 
     threads: list[str] = []
-    release = DaskCore.release
 
-    def spy(future: Any) -> None:
-        threads.append(threading.current_thread().name)
-        release(future)
+    def spy(release: Any) -> Any:
+        def spied(future: Any) -> None:
+            threads.append(threading.current_thread().name)
+            release(future)
 
-    monkeypatch.setattr(DaskCore, "release", staticmethod(spy))
+        return staticmethod(spied)
+
+    # (a release that crossed from the trio thread drops the reference at once)
+    monkeypatch.setattr(DaskCore, "release", spy(DaskCore.release))
+    monkeypatch.setattr(DaskCore, "release_now", spy(DaskCore.release_now))
     caller = threading.current_thread().name
     core_thread = LOOP_THREAD_NAME if anyio_backend[0] == "trio" else caller
     async with DaskExecutor(external_cluster.address) as ex:

@@ -25,29 +25,29 @@ def gate_name() -> str:
 
 
 async def test_run_cancelled_by_scope_forgets_remote_task(
+    ex: DaskExecutor,
     external_cluster: ExternalCluster,
 ) -> None:
     """move_on_after around run(): the scope ends and the scheduler has forgotten the task."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        with anyio.move_on_after(0.2) as scope:
-            await ex.run(time.sleep, 30)
-        assert scope.cancelled_caught
-        # run() returned only after the scheduler forgot the task: no waiting needed here.
-        assert not [k for k in external_cluster.scheduler_keys() if k.startswith("sleep-")]
-        assert await ex.run(inc, 1) == 2  # the executor keeps working
+    with anyio.move_on_after(0.2) as scope:
+        await ex.run(time.sleep, 30)
+    assert scope.cancelled_caught
+    # run() returned only after the scheduler forgot the task: no waiting needed here.
+    assert not [k for k in external_cluster.scheduler_keys() if k.startswith("sleep-")]
+    assert await ex.run(inc, 1) == 2  # the executor keeps working
 
 
 async def test_run_in_cancelled_scope_forgets_task_not_yet_arrived(
+    ex: DaskExecutor,
     external_cluster: ExternalCluster,
 ) -> None:
     """run() cancelled at once, before the scheduler even got the task: still forgotten."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        for _ in range(5):
-            with anyio.CancelScope() as scope:
-                scope.cancel()
-                await ex.run(time.sleep, 0.5)
-            assert scope.cancelled_caught
-            assert not [k for k in external_cluster.scheduler_keys() if k.startswith("sleep-")]
+    for _ in range(5):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await ex.run(time.sleep, 0.5)
+        assert scope.cancelled_caught
+        assert not [k for k in external_cluster.scheduler_keys() if k.startswith("sleep-")]
 
 
 async def test_queued_tasks_of_cancelled_scope_never_start(

@@ -70,15 +70,16 @@ class ThreadRecorder(DaskMethodsMixin):
         return ThreadRecorder(value, threads)
 
 
-async def test_compute_delayed_array_bag(external_cluster: ExternalCluster) -> None:
+async def test_compute_delayed_array_bag(
+    ex: DaskExecutor, external_cluster: ExternalCluster
+) -> None:
     """compute() returns the value of dask.delayed, dask.array and dask.bag collections, and
     releases every key it used."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        assert await ex.compute(dask.delayed(operator.add)(dask.delayed(inc)(1), 40)) == 42
-        assert await ex.compute(da.arange(100, chunks=10).sum()) == 4950
-        assert await ex.compute(db.from_sequence(range(10), npartitions=3).map(inc).sum()) == 55
-        await external_cluster.wait_forgotten()
-        assert ex.statistics().in_flight == 0
+    assert await ex.compute(dask.delayed(operator.add)(dask.delayed(inc)(1), 40)) == 42
+    assert await ex.compute(da.arange(100, chunks=10).sum()) == 4950
+    assert await ex.compute(db.from_sequence(range(10), npartitions=3).map(inc).sum()) == 55
+    await external_cluster.wait_forgotten()
+    assert ex.statistics().in_flight == 0
 
 
 async def test_compute_dataframe(external_cluster: ExternalCluster) -> None:
@@ -145,13 +146,12 @@ async def test_compute_failure_and_timeout(external_cluster: ExternalCluster) ->
         await ex.run(set_event, gate)
 
 
-async def test_compute_refuses_what_is_not_a_collection(external_cluster: ExternalCluster) -> None:
+async def test_compute_refuses_what_is_not_a_collection(ex: DaskExecutor) -> None:
     """compute() and persist() of a plain object raise TypeError saying what to use."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        with pytest.raises(TypeError, match="needs a Dask collection"):
-            await ex.compute(42)
-        with pytest.raises(TypeError, match="needs a Dask collection"):
-            await ex.persist([1, 2])
+    with pytest.raises(TypeError, match="needs a Dask collection"):
+        await ex.compute(42)
+    with pytest.raises(TypeError, match="needs a Dask collection"):
+        await ex.persist([1, 2])
 
 
 async def test_compute_of_shared_keys(external_cluster: ExternalCluster) -> None:
@@ -224,13 +224,12 @@ async def test_cancelling_two_computes_of_one_collection(
 
 
 async def test_failure_told_by_compute_is_not_told_again(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
     """A persisted task's failure raised by compute() is not raised again at exit."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        persisted = await ex.persist(dask.delayed(raise_remote_only)("once"))
-        with pytest.raises(RemoteOnlyError, match="once"):
-            await ex.compute(persisted)
+    persisted = await ex.persist(dask.delayed(raise_remote_only)("once"))
+    with pytest.raises(RemoteOnlyError, match="once"):
+        await ex.compute(persisted)
 
 
 async def test_handles_inside_dask_graphs(external_cluster: ExternalCluster) -> None:

@@ -57,27 +57,26 @@ async def test_blocking_dask_api_in_a_worker_thread_uses_the_executor(
 
 
 async def test_blocking_dask_api_on_the_event_loop_is_refused(
-    external_cluster: ExternalCluster, anyio_backend_name: str
+    ex: DaskExecutor, anyio_backend_name: str
 ) -> None:
     """dask.compute() on the event loop's thread raises RuntimeError at once (under trio
     our own, saying what to use; under asyncio Dask's, as its asynchronous client does);
     under trio, so do the client's other blocking calls (Future.result(), who_has(),
     performance_report())."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        expected = "anyio.to_thread.run_sync" if anyio_backend_name == "trio" else "asynchronous"
-        with pytest.raises(RuntimeError, match=expected):
-            dask.compute(dask.delayed(inc)(1))
-        if anyio_backend_name == "trio":
-            handle = ex.submit(inc, 1)
-            for blocking in (
-                handle.future.result,
-                distributed.get_client().who_has,
-                distributed.performance_report().__enter__,
-            ):
-                with pytest.raises(RuntimeError, match="would block the event loop"):
-                    blocking()
-            await handle
-        assert await ex.compute(dask.delayed(inc)(1)) == 2  # the executor's way
+    expected = "anyio.to_thread.run_sync" if anyio_backend_name == "trio" else "asynchronous"
+    with pytest.raises(RuntimeError, match=expected):
+        dask.compute(dask.delayed(inc)(1))
+    if anyio_backend_name == "trio":
+        handle = ex.submit(inc, 1)
+        for blocking in (
+            handle.future.result,
+            distributed.get_client().who_has,
+            distributed.performance_report().__enter__,
+        ):
+            with pytest.raises(RuntimeError, match="would block the event loop"):
+                blocking()
+        await handle
+    assert await ex.compute(dask.delayed(inc)(1)) == 2  # the executor's way
 
 
 async def test_the_executor_is_current_only_in_its_scope(external_cluster: ExternalCluster) -> None:
@@ -89,15 +88,14 @@ async def test_the_executor_is_current_only_in_its_scope(external_cluster: Exter
         await anyio.to_thread.run_sync(distributed.get_client)
 
 
-async def test_call_client_takes_handles(external_cluster: ExternalCluster) -> None:
+async def test_call_client_takes_handles(ex: DaskExecutor) -> None:
     """call_client() replaces handles in its arguments by their futures, as submit() does,
     and handle.future is the task's Dask future."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        handle = ex.submit(inc, 1)
-        await handle
-        await ex.call_client(distributed.Client.replicate, [handle], n=2)
-        who_has = await ex.call_client(lambda c, fs: c.who_has(fs), [handle])
-        assert len(who_has[handle.key]) == 2
-        assert handle.future.key == handle.key
-        assert isinstance(handle.future, distributed.Future)
-        assert await ex.call_client(lambda c, f: f.result(), handle) == 2
+    handle = ex.submit(inc, 1)
+    await handle
+    await ex.call_client(distributed.Client.replicate, [handle], n=2)
+    who_has = await ex.call_client(lambda c, fs: c.who_has(fs), [handle])
+    assert len(who_has[handle.key]) == 2
+    assert handle.future.key == handle.key
+    assert isinstance(handle.future, distributed.Future)
+    assert await ex.call_client(lambda c, f: f.result(), handle) == 2

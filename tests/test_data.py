@@ -24,43 +24,40 @@ from .tasks import (
 pytestmark = pytest.mark.anyio
 
 
-async def test_gather_keeps_the_structure(external_cluster: ExternalCluster) -> None:
+async def test_gather_keeps_the_structure(ex: DaskExecutor) -> None:
     """gather() replaces handles by values in nested lists, tuples, sets and dicts."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        a, b, c = ex.map(inc, [1, 2, 3])
-        assert await ex.gather(a) == 2
-        assert await ex.gather([a, b, c]) == [2, 3, 4]
-        nested = {"x": [a, (b, "plain")], "y": {c}, "z": 5}
-        assert await ex.gather(nested) == {"x": [2, (3, "plain")], "y": {4}, "z": 5}
-        assert await ex.gather([]) == []
+    a, b, c = ex.map(inc, [1, 2, 3])
+    assert await ex.gather(a) == 2
+    assert await ex.gather([a, b, c]) == [2, 3, 4]
+    nested = {"x": [a, (b, "plain")], "y": {c}, "z": 5}
+    assert await ex.gather(nested) == {"x": [2, (3, "plain")], "y": {4}, "z": 5}
+    assert await ex.gather([]) == []
 
 
-async def test_gather_raises_the_first_failure_at_once(external_cluster: ExternalCluster) -> None:
+async def test_gather_raises_the_first_failure_at_once(ex: DaskExecutor) -> None:
     """errors="raise" raises a failure as soon as it is known, without waiting for tasks
     that are still pending."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        never = ex.submit(inc, 0, resources=ABSENT)
-        bad = ex.submit(raise_remote_only, "gathered")
-        with pytest.raises(RemoteOnlyError, match="gathered"):
-            await ex.gather([never, bad])
-        never.cancel()
-        with pytest.raises(TaskCancelled):
-            await ex.gather({"never": never})
+    never = ex.submit(inc, 0, resources=ABSENT)
+    bad = ex.submit(raise_remote_only, "gathered")
+    with pytest.raises(RemoteOnlyError, match="gathered"):
+        await ex.gather([never, bad])
+    never.cancel()
+    with pytest.raises(TaskCancelled):
+        await ex.gather({"never": never})
 
 
-async def test_gather_skip_leaves_failures_out(external_cluster: ExternalCluster) -> None:
+async def test_gather_skip_leaves_failures_out(ex: DaskExecutor) -> None:
     """errors="skip" leaves failed and cancelled tasks out of lists, tuples, sets and
     dicts, and their failures are not raised again at exit."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        ok = ex.submit(inc, 1)
-        bad = ex.submit(raise_remote_only, "skipped")
-        cancelled = ex.submit(inc, 2, resources=ABSENT)
-        cancelled.cancel()
-        got = await ex.gather([ok, bad, (bad, ok), {"a": bad, "b": ok}, cancelled], errors="skip")
-        assert got == [2, (2,), {"b": 2}]
-        assert await ex.gather(bad, errors="skip") is None
-        with pytest.raises(ValueError, match="errors must be"):
-            await ex.gather([ok], errors="ignore")  # type: ignore[arg-type]
+    ok = ex.submit(inc, 1)
+    bad = ex.submit(raise_remote_only, "skipped")
+    cancelled = ex.submit(inc, 2, resources=ABSENT)
+    cancelled.cancel()
+    got = await ex.gather([ok, bad, (bad, ok), {"a": bad, "b": ok}, cancelled], errors="skip")
+    assert got == [2, (2,), {"b": 2}]
+    assert await ex.gather(bad, errors="skip") is None
+    with pytest.raises(ValueError, match="errors must be"):
+        await ex.gather([ok], errors="ignore")  # type: ignore[arg-type]
 
 
 async def test_scatter_shapes_and_use_as_arguments(external_cluster: ExternalCluster) -> None:
@@ -84,14 +81,13 @@ async def test_scatter_shapes_and_use_as_arguments(external_cluster: ExternalClu
     assert external_cluster.scheduler_keys() == set()
 
 
-async def test_scatter_broadcast(external_cluster: ExternalCluster) -> None:
+async def test_scatter_broadcast(ex: DaskExecutor, external_cluster: ExternalCluster) -> None:
     """broadcast=True puts a copy on every worker."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        handle = await ex.scatter(b"x" * 1000, broadcast=True)
-        holders = external_cluster.observer.run_on_scheduler(_holders, key=handle.key)
-        assert holders == len(external_cluster.workers)
-        with pytest.raises(TypeError, match="broadcast"):
-            await ex.scatter([1], broadcast="yes")  # type: ignore[call-overload]
+    handle = await ex.scatter(b"x" * 1000, broadcast=True)
+    holders = external_cluster.observer.run_on_scheduler(_holders, key=handle.key)
+    assert holders == len(external_cluster.workers)
+    with pytest.raises(TypeError, match="broadcast"):
+        await ex.scatter([1], broadcast="yes")  # type: ignore[call-overload]
 
 
 def _holders(dask_scheduler: object, key: str) -> int:
@@ -141,17 +137,16 @@ async def test_await_handle_in_a_timeout_leaves_the_task(external_cluster: Exter
         assert await ex.retrieve(handle) == gate
 
 
-async def test_call_client(external_cluster: ExternalCluster) -> None:
+async def test_call_client(ex: DaskExecutor, external_cluster: ExternalCluster) -> None:
     """call_client() calls a function with the Dask client on the client's loop and awaits
     its result: the escape hatch to the rest of Dask's API, on every backend."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        workers = await ex.call_client(lambda client: client.run_on_scheduler(_workers))
-        assert workers == external_cluster.workers
-        assert await ex.call_client(lambda client, x: (client.id, x), 1) == (ex.client.id, 1)
-        handle = ex.submit(inc, 1)
-        await handle
-        who_has = await ex.call_client(distributed.Client.who_has, [handle.future])
-        assert list(who_has) == [handle.key]
+    workers = await ex.call_client(lambda client: client.run_on_scheduler(_workers))
+    assert workers == external_cluster.workers
+    assert await ex.call_client(lambda client, x: (client.id, x), 1) == (ex.client.id, 1)
+    handle = ex.submit(inc, 1)
+    await handle
+    who_has = await ex.call_client(distributed.Client.who_has, [handle.future])
+    assert list(who_has) == [handle.key]
 
 
 def _workers(dask_scheduler: object) -> list[str]:

@@ -21,21 +21,20 @@ def remote_frames(exc: BaseException) -> list[str]:
 
 
 async def test_remote_exception_through_await_retrieve_and_run(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
     """await handle, retrieve() and run() raise the original type with the remote frame."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        handle = ex.submit(raise_remote_only, "boom 1")
-        with pytest.raises(RemoteOnlyError, match=r"^boom 1$") as excinfo:
-            await handle
-        assert "raise_remote_only" in remote_frames(excinfo.value)
-        with pytest.raises(RemoteOnlyError, match=r"^boom 1$") as excinfo:
-            await ex.retrieve(handle)
-        assert "raise_remote_only" in remote_frames(excinfo.value)
-        with pytest.raises(RemoteOnlyError, match=r"^boom 2$") as excinfo:
-            await ex.run(raise_remote_only, "boom 2")
-        assert "raise_remote_only" in remote_frames(excinfo.value)
-        assert not isinstance(excinfo.value, BaseExceptionGroup)
+    handle = ex.submit(raise_remote_only, "boom 1")
+    with pytest.raises(RemoteOnlyError, match=r"^boom 1$") as excinfo:
+        await handle
+    assert "raise_remote_only" in remote_frames(excinfo.value)
+    with pytest.raises(RemoteOnlyError, match=r"^boom 1$") as excinfo:
+        await ex.retrieve(handle)
+    assert "raise_remote_only" in remote_frames(excinfo.value)
+    with pytest.raises(RemoteOnlyError, match=r"^boom 2$") as excinfo:
+        await ex.run(raise_remote_only, "boom 2")
+    assert "raise_remote_only" in remote_frames(excinfo.value)
+    assert not isinstance(excinfo.value, BaseExceptionGroup)
 
 
 async def test_dependent_of_failed_task_fails_with_its_error(

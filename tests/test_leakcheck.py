@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import pytest
 
-from . import leakcheck
+from dask_anyio import _leaks
 
 #: What the inner tests left behind, for the outer test to clean up.
 LEFT: list[Any] = []
@@ -86,7 +86,7 @@ def test_child_process():
 
 
 def test_leaks_fail_the_test(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(leakcheck, "GRACE", 0.5)
+    monkeypatch.setattr(_leaks, "GRACE", 0.5)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         pytester.makepyfile(test_inner=INNER.replace("LISTENER_PORT", str(port)))

@@ -11,9 +11,9 @@ import pytest
 
 from dask_anyio import DaskExecutor
 from dask_anyio._bridge import LOOP_THREAD_NAME
+from dask_anyio._leaks import Snapshot, new_threads, snapshot
 
 from .conftest import ExternalCluster
-from .leakcheck import Snapshot, new_threads, snapshot
 from .tasks import inc
 
 pytestmark = pytest.mark.anyio

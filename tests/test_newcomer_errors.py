@@ -133,24 +133,23 @@ async def drain(results: AsyncIterator[Any]) -> None:
         pass
 
 
-async def test_unpicklable_argument_logs_nothing(external_cluster: ExternalCluster) -> None:
+async def test_unpicklable_argument_logs_nothing(ex: DaskExecutor) -> None:
     """submit, map and imap with an unpicklable argument or function raise our TypeError
     and distributed logs nothing about it (no "Failed to serialize" wall)."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        with socket.socket() as sock, distributed_records() as records:
-            with pytest.raises(TypeError, match=r"argument 0 \(<unlocked _th.*cannot pickle"):
-                ex.submit(operator.truth, threading.Lock())
-            with pytest.raises(TypeError, match=r"keyword argument 'lock'.*cannot be pickled"):
-                ex.submit(dict, lock=threading.Lock())
-            with pytest.raises(TypeError, match=r"the function \(<function .*socket"):
-                ex.submit(lambda: sock.fileno())
-            with pytest.raises(TypeError, match=r"item 1 of iterable 0.*cannot be pickled"):
-                ex.map(operator.truth, [1, threading.Lock()])
-            items = ex.imap(operator.truth, [1, threading.Lock()], max_in_flight=2)
-            with pytest.raises(TypeError, match=r"item 1 of iterable 0.*cannot be pickled"):
-                await drain(items)
-        assert [r.getMessage() for r in records] == []
-        assert await ex.run(inc, 1) == 2
+    with socket.socket() as sock, distributed_records() as records:
+        with pytest.raises(TypeError, match=r"argument 0 \(<unlocked _th.*cannot pickle"):
+            ex.submit(operator.truth, threading.Lock())
+        with pytest.raises(TypeError, match=r"keyword argument 'lock'.*cannot be pickled"):
+            ex.submit(dict, lock=threading.Lock())
+        with pytest.raises(TypeError, match=r"the function \(<function .*socket"):
+            ex.submit(lambda: sock.fileno())
+        with pytest.raises(TypeError, match=r"item 1 of iterable 0.*cannot be pickled"):
+            ex.map(operator.truth, [1, threading.Lock()])
+        items = ex.imap(operator.truth, [1, threading.Lock()], max_in_flight=2)
+        with pytest.raises(TypeError, match=r"item 1 of iterable 0.*cannot be pickled"):
+            await drain(items)
+    assert [r.getMessage() for r in records] == []
+    assert await ex.run(inc, 1) == 2
 
 
 async def test_unpicklable_argument_error_is_short(external_cluster: ExternalCluster) -> None:
@@ -163,18 +162,17 @@ async def test_unpicklable_argument_error_is_short(external_cluster: ExternalClu
     assert caught.value.__context__ is not None  # still there, for a debugger
 
 
-async def test_unrelated_records_still_logged(external_cluster: ExternalCluster) -> None:
+async def test_unrelated_records_still_logged(ex: DaskExecutor) -> None:
     """While a submit holds its thread's pickling records, another thread's record of the
     same logger gets through at once."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        with (
-            distributed_records() as records,
-            pytest.raises(TypeError, match=r"argument 0 .*cannot be pickled"),
-        ):
-            ex.submit(operator.truth, LogsFromAnotherThreadThenFails())
-        # (once per attempt to pickle it: Dask's, then ours)
-        assert records
-        assert {r.getMessage() for r in records} == {"unrelated record"}
+    with (
+        distributed_records() as records,
+        pytest.raises(TypeError, match=r"argument 0 .*cannot be pickled"),
+    ):
+        ex.submit(operator.truth, LogsFromAnotherThreadThenFails())
+    # (once per attempt to pickle it: Dask's, then ours)
+    assert records
+    assert {r.getMessage() for r in records} == {"unrelated record"}
 
 
 def test_held_records_are_logged_unless_dropped() -> None:

@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 from dask_anyio import DaskExecutor, TaskHandle, TaskStatus
+from dask_anyio._leaks import snapshot
 
 from .conftest import ExternalCluster, start_external_cluster, stop_processes
-from .leakcheck import snapshot
 from .reliability_tasks import sleep_then_return, ten_ms_step, wait_when_recomputed
 
 pytestmark = pytest.mark.anyio

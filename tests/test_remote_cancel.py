@@ -152,14 +152,13 @@ async def test_kill_on_cancel_stops_code_that_never_checks(
 
 
 async def test_kill_on_cancel_returns_values_and_raises_errors(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
-    async with DaskExecutor(external_cluster.address) as ex:
-        assert await ex.run(kill_on_cancel(inc), 1) == 2
-        assert await ex.gather(ex.map(kill_on_cancel(inc), range(3))) == [1, 2, 3]
-        assert await ex.run(kill_on_cancel(make_bytes), 3_000_000) == make_bytes(3_000_000)
-        with pytest.raises(RemoteOnlyError, match="remote only"):
-            await ex.run(kill_on_cancel(raise_remote_only), "remote only")
+    assert await ex.run(kill_on_cancel(inc), 1) == 2
+    assert await ex.gather(ex.map(kill_on_cancel(inc), range(3))) == [1, 2, 3]
+    assert await ex.run(kill_on_cancel(make_bytes), 3_000_000) == make_bytes(3_000_000)
+    with pytest.raises(RemoteOnlyError, match="remote only"):
+        await ex.run(kill_on_cancel(raise_remote_only), "remote only")
 
 
 def test_checkpoint_outside_a_task_does_nothing() -> None:
@@ -197,20 +196,18 @@ async def test_kill_on_cancel_error_keeps_the_child_traceback(
     assert frames[-1].filename.endswith("tasks.py")
 
 
-async def test_kill_on_cancel_runs_coroutine_functions(external_cluster: ExternalCluster) -> None:
-    async with DaskExecutor(external_cluster.address) as ex:
-        assert await ex.run(kill_on_cancel(add_async), 1, 2) == 3
+async def test_kill_on_cancel_runs_coroutine_functions(ex: DaskExecutor) -> None:
+    assert await ex.run(kill_on_cancel(add_async), 1, 2) == 3
 
 
-async def test_kill_on_cancel_reports_a_child_that_died(external_cluster: ExternalCluster) -> None:
+async def test_kill_on_cancel_reports_a_child_that_died(ex: DaskExecutor) -> None:
     """A child that exits without an outcome: the task fails naming the call and the exit
     status; the worker is unaffected."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        with pytest.raises(RuntimeError, match=r"exit_process.* died with exit status 3"):
-            await ex.run(kill_on_cancel(exit_process), 3)
-        with pytest.raises(RuntimeError, match=r"signal_process.* was killed by SIGKILL"):
-            await ex.run(kill_on_cancel(signal_process), signal.SIGKILL)
-        assert await ex.run(inc, 1) == 2
+    with pytest.raises(RuntimeError, match=r"exit_process.* died with exit status 3"):
+        await ex.run(kill_on_cancel(exit_process), 3)
+    with pytest.raises(RuntimeError, match=r"signal_process.* was killed by SIGKILL"):
+        await ex.run(kill_on_cancel(signal_process), signal.SIGKILL)
+    assert await ex.run(inc, 1) == 2
 
 
 def test_kill_on_cancel_needs_a_callable() -> None:
@@ -296,36 +293,33 @@ async def test_kill_on_cancel_children_end_with_their_worker(tmp_path: Path) -> 
         stop_processes(procs)
 
 
-async def test_coroutine_tasks_keep_dask_keys(external_cluster: ExternalCluster) -> None:
+async def test_coroutine_tasks_keep_dask_keys(ex: DaskExecutor) -> None:
     """A coroutine function submitted with key= keeps that key, pure=True gives equal calls
     one key, and map runs coroutine functions too."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        key = f"mine-{uuid.uuid4()}"
-        handle = ex.submit(add_async, 1, 2, key=key)
-        assert handle.key == key
-        assert await ex.retrieve(handle) == 3
-        one, two = ex.submit(add_async, 5, 6, pure=True), ex.submit(add_async, 5, 6, pure=True)
-        assert one.key == two.key
-        assert await ex.gather(ex.map(add_async, [1, 2], [10, 20])) == [11, 22]
+    key = f"mine-{uuid.uuid4()}"
+    handle = ex.submit(add_async, 1, 2, key=key)
+    assert handle.key == key
+    assert await ex.retrieve(handle) == 3
+    one, two = ex.submit(add_async, 5, 6, pure=True), ex.submit(add_async, 5, 6, pure=True)
+    assert one.key == two.key
+    assert await ex.gather(ex.map(add_async, [1, 2], [10, 20])) == [11, 22]
 
 
 async def test_checkpoint_in_an_actor_method_does_nothing(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
     """An actor's method runs with the actor's key, which is not a running task: checkpoint()
     must not take it for a cancelled one (a key that is not running does raise)."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        assert await ex.run(checkpoint_as, f"gone-{uuid.uuid4()}", actor=True) == "returned"
-        assert await ex.run(checkpoint_as, f"gone-{uuid.uuid4()}", actor=False) == "raised"
+    assert await ex.run(checkpoint_as, f"gone-{uuid.uuid4()}", actor=True) == "returned"
+    assert await ex.run(checkpoint_as, f"gone-{uuid.uuid4()}", actor=False) == "raised"
 
 
 async def test_kill_on_cancel_delivers_when_the_child_does_not_exit(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
     """A call that returns but leaves a thread that keeps its process alive: after a grace
     period for the exit, the process is killed and the value delivered."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        assert await ex.run(kill_on_cancel(leave_a_thread_running)) == "done"
+    assert await ex.run(kill_on_cancel(leave_a_thread_running)) == "done"
 
 
 def test_an_outcome_cut_short_is_told_from_a_whole_one() -> None:

@@ -100,68 +100,64 @@ def assert_distinct(group: BaseExceptionGroup[Any]) -> None:
     assert len({id(exc) for exc in group.exceptions}) == len(FAILURES)
 
 
-async def test_failures_of_run_in_one_task_group(external_cluster: ExternalCluster) -> None:
+async def test_failures_of_run_in_one_task_group(ex: DaskExecutor) -> None:
     """Failed run() calls in one task group give one ExceptionGroup member each, with its
     own type, message and remote frame."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        with expected_group() as excinfo:
-            await fail_together([partial(ex.run, fn, message) for fn, message, _ in FAILURES])
-        assert_distinct(excinfo.value)
+    with expected_group() as excinfo:
+        await fail_together([partial(ex.run, fn, message) for fn, message, _ in FAILURES])
+    assert_distinct(excinfo.value)
 
 
-async def test_failures_of_handles_in_one_task_group(external_cluster: ExternalCluster) -> None:
+async def test_failures_of_handles_in_one_task_group(ex: DaskExecutor) -> None:
     """Failed handles awaited, then retrieved, in one task group give one ExceptionGroup
     member each, with its own type, message and remote frame."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        handles = [ex.submit(fn, message) for fn, message, _ in FAILURES]
-        with expected_group() as excinfo:
-            await fail_together([partial(wait_for, handle) for handle in handles])
-        assert_distinct(excinfo.value)
-        with expected_group() as excinfo:
-            await fail_together([partial(ex.retrieve, handle) for handle in handles])
-        assert_distinct(excinfo.value)
+    handles = [ex.submit(fn, message) for fn, message, _ in FAILURES]
+    with expected_group() as excinfo:
+        await fail_together([partial(wait_for, handle) for handle in handles])
+    assert_distinct(excinfo.value)
+    with expected_group() as excinfo:
+        await fail_together([partial(ex.retrieve, handle) for handle in handles])
+    assert_distinct(excinfo.value)
 
 
-async def test_custom_exception_keeps_its_attributes(external_cluster: ExternalCluster) -> None:
+async def test_custom_exception_keeps_its_attributes(ex: DaskExecutor) -> None:
     """An exception with its own __init__ signature and attributes arrives with them."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        with pytest.raises(CodeError, match=r"^error 404: no such account$") as excinfo:
-            await ex.run(fail_with_code, 404, "no such account")
-        assert type(excinfo.value) is CodeError
-        assert (excinfo.value.code, excinfo.value.detail) == (404, "no such account")
-        assert excinfo.value.args == ("error 404: no such account",)
-        assert "fail_with_code" in error_task_frames(excinfo.value)
+    with pytest.raises(CodeError, match=r"^error 404: no such account$") as excinfo:
+        await ex.run(fail_with_code, 404, "no such account")
+    assert type(excinfo.value) is CodeError
+    assert (excinfo.value.code, excinfo.value.detail) == (404, "no such account")
+    assert excinfo.value.args == ("error 404: no such account",)
+    assert "fail_with_code" in error_task_frames(excinfo.value)
 
-        handle = ex.submit(fail_with_code, 409, "conflict")
-        for wait in (partial(wait_for, handle), partial(ex.retrieve, handle)):
-            with pytest.raises(CodeError, match=r"^error 409: conflict$") as excinfo:
-                await wait()
-            assert (excinfo.value.code, excinfo.value.detail) == (409, "conflict")
+    handle = ex.submit(fail_with_code, 409, "conflict")
+    for wait in (partial(wait_for, handle), partial(ex.retrieve, handle)):
+        with pytest.raises(CodeError, match=r"^error 409: conflict$") as excinfo:
+            await wait()
+        assert (excinfo.value.code, excinfo.value.detail) == (409, "conflict")
 
 
-async def test_chained_exceptions_keep_their_chain(external_cluster: ExternalCluster) -> None:
+async def test_chained_exceptions_keep_their_chain(ex: DaskExecutor) -> None:
     """`raise X from Y` on the worker keeps Y as __cause__ (with its own remote frame); an
     exception raised while handling another keeps that one as __context__."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        with pytest.raises(CodeError, match=r"^error 400: bad amount 'ten'$") as excinfo:
-            await ex.run(fail_from_cause, "ten")
-        error = excinfo.value
-        assert "fail_from_cause" in error_task_frames(error)
-        assert isinstance(error.__cause__, ValueError)
-        assert str(error.__cause__) == "invalid literal for int() with base 10: 'ten'"
-        assert error.__suppress_context__ is True
-        assert error.__context__ is error.__cause__
-        assert error_task_frames(error.__cause__) == ["fail_from_cause", "_parse_amount"]
+    with pytest.raises(CodeError, match=r"^error 400: bad amount 'ten'$") as excinfo:
+        await ex.run(fail_from_cause, "ten")
+    error = excinfo.value
+    assert "fail_from_cause" in error_task_frames(error)
+    assert isinstance(error.__cause__, ValueError)
+    assert str(error.__cause__) == "invalid literal for int() with base 10: 'ten'"
+    assert error.__suppress_context__ is True
+    assert error.__context__ is error.__cause__
+    assert error_task_frames(error.__cause__) == ["fail_from_cause", "_parse_amount"]
 
-        handle = ex.submit(fail_while_handling, "eleven")
-        with pytest.raises(LedgerError, match=r"^could not book 'eleven'$") as implicit:
-            await handle
-        assert implicit.value.__cause__ is None
-        assert implicit.value.__suppress_context__ is False
-        context = implicit.value.__context__
-        assert isinstance(context, ValueError)
-        assert str(context) == "invalid literal for int() with base 10: 'eleven'"
-        assert error_task_frames(context) == ["fail_while_handling", "_parse_amount"]
+    handle = ex.submit(fail_while_handling, "eleven")
+    with pytest.raises(LedgerError, match=r"^could not book 'eleven'$") as implicit:
+        await handle
+    assert implicit.value.__cause__ is None
+    assert implicit.value.__suppress_context__ is False
+    context = implicit.value.__context__
+    assert isinstance(context, ValueError)
+    assert str(context) == "invalid literal for int() with base 10: 'eleven'"
+    assert error_task_frames(context) == ["fail_while_handling", "_parse_amount"]
 
 
 async def test_killed_worker_passes_through() -> None:
@@ -191,27 +187,26 @@ async def test_killed_worker_passes_through() -> None:
 
 
 async def test_remote_tracebacks_have_few_frames_of_ours(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
     """Between the caller and the remote code, a failure's traceback shows at most two
     frames of dask-anyio, whichever call raised it (distributed's own bound is three)."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        calls: dict[str, Callable[[], Awaitable[object]]] = {
-            "run": lambda: ex.run(fail_with_value_error, "x"),
-            "await": lambda: wait_for(ex.submit(fail_with_value_error, "x")),
-            "retrieve": lambda: ex.retrieve(ex.submit(fail_with_value_error, "x")),
-            "gather": lambda: ex.gather([ex.submit(fail_with_value_error, "x")]),
-            "compute": lambda: ex.compute(dask.delayed(fail_with_value_error)("x")),
-        }
-        for name, call in calls.items():
-            with pytest.raises(ValueError, match=r"^x$") as excinfo:
-                await call()
-            frames = traceback.extract_tb(excinfo.value.__traceback__)
-            first_remote = next(
-                i for i, f in enumerate(frames) if f.filename.endswith("error_tasks.py")
-            )
-            ours = [f.name for f in frames[:first_remote] if "dask_anyio" in f.filename]
-            assert len(ours) <= 2, (name, ours)
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "run": lambda: ex.run(fail_with_value_error, "x"),
+        "await": lambda: wait_for(ex.submit(fail_with_value_error, "x")),
+        "retrieve": lambda: ex.retrieve(ex.submit(fail_with_value_error, "x")),
+        "gather": lambda: ex.gather([ex.submit(fail_with_value_error, "x")]),
+        "compute": lambda: ex.compute(dask.delayed(fail_with_value_error)("x")),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"^x$") as excinfo:
+            await call()
+        frames = traceback.extract_tb(excinfo.value.__traceback__)
+        first_remote = next(
+            i for i, f in enumerate(frames) if f.filename.endswith("error_tasks.py")
+        )
+        ours = [f.name for f in frames[:first_remote] if "dask_anyio" in f.filename]
+        assert len(ours) <= 2, (name, ours)
 
 
 async def test_a_failure_raised_again_keeps_its_traceback(

@@ -32,47 +32,45 @@ async def test_a_performance_report_of_the_block(
 
 
 async def test_a_report_is_written_however_the_block_is_left(
-    external_cluster: ExternalCluster, tmp_path: Path
+    ex: DaskExecutor, tmp_path: Path
 ) -> None:
     """A cancelled block still writes its report; entering in a cancelled scope does
     nothing and raises."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        cancelled = tmp_path / "cancelled.html"
-        with anyio.CancelScope() as scope:
-            async with ex.performance_report(str(cancelled)):
-                scope.cancel()
-                await anyio.lowlevel.checkpoint()
-        assert scope.cancelled_caught
-        assert "Dask Performance Report" in cancelled.read_text()
-        never = tmp_path / "never.html"
-        with anyio.CancelScope() as scope:
+    cancelled = tmp_path / "cancelled.html"
+    with anyio.CancelScope() as scope:
+        async with ex.performance_report(str(cancelled)):
             scope.cancel()
-            async with ex.performance_report(str(never)):
-                pytest.fail("entered in a cancelled scope")
-        assert not never.exists()
-        with pytest.raises(TypeError, match="needs a file name"):
-            ex.performance_report(None)  # type: ignore[arg-type]
+            await anyio.lowlevel.checkpoint()
+    assert scope.cancelled_caught
+    assert "Dask Performance Report" in cancelled.read_text()
+    never = tmp_path / "never.html"
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        async with ex.performance_report(str(never)):
+            pytest.fail("entered in a cancelled scope")
+    assert not never.exists()
+    with pytest.raises(TypeError, match="needs a file name"):
+        ex.performance_report(None)  # type: ignore[arg-type]
 
 
-async def test_the_task_stream_of_the_block(external_cluster: ExternalCluster) -> None:
+async def test_the_task_stream_of_the_block(ex: DaskExecutor) -> None:
     """``ts.data`` holds the block's task runs, not those before it; ``plot=True`` gives
     Dask's bokeh figure."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        await ex.run(inc, 0)
-        stream = ex.task_stream()
-        assert isinstance(stream, TaskStream)
-        async with stream as ts:
-            handles = ex.map(inc, range(5), key="streamed")
-            await ex.gather(handles)
-        keys = {str(item["key"]) for item in ts.data}
-        assert {h.key for h in handles} <= keys
-        assert all(key.startswith("streamed") for key in keys)
-        async with ex.task_stream(plot=True) as plotted:
-            await ex.run(inc, 1)
-        assert plotted.figure is not None
-        assert len(plotted.data) >= 1
-        with pytest.raises(ValueError, match='plot must be True, False or "save"'):
-            ex.task_stream(plot="yes")  # type: ignore[arg-type]
+    await ex.run(inc, 0)
+    stream = ex.task_stream()
+    assert isinstance(stream, TaskStream)
+    async with stream as ts:
+        handles = ex.map(inc, range(5), key="streamed")
+        await ex.gather(handles)
+    keys = {str(item["key"]) for item in ts.data}
+    assert {h.key for h in handles} <= keys
+    assert all(key.startswith("streamed") for key in keys)
+    async with ex.task_stream(plot=True) as plotted:
+        await ex.run(inc, 1)
+    assert plotted.figure is not None
+    assert len(plotted.data) >= 1
+    with pytest.raises(ValueError, match='plot must be True, False or "save"'):
+        ex.task_stream(plot="yes")  # type: ignore[arg-type]
 
 
 async def test_progress_waits_for_every_task_and_observes_none(

@@ -164,17 +164,16 @@ async def test_chaining_keeps_data_on_cluster(external_cluster: ExternalCluster)
             await ex.retrieve(data)
 
 
-async def test_pure_false_gives_each_call_its_own_task(external_cluster: ExternalCluster) -> None:
+async def test_pure_false_gives_each_call_its_own_task(ex: DaskExecutor) -> None:
     """Identical submits are distinct tasks by default; pure=True shares one handle."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        a = ex.submit(operator.add, 1, 1)
-        b = ex.submit(operator.add, 1, 1)
-        assert a.key != b.key
-        c = ex.submit(operator.add, 2, 2, pure=True)
-        d = ex.submit(operator.add, 2, 2, pure=True)
-        assert c is d
-        a.cancel()
-        assert await ex.retrieve(b) == 2
+    a = ex.submit(operator.add, 1, 1)
+    b = ex.submit(operator.add, 1, 1)
+    assert a.key != b.key
+    c = ex.submit(operator.add, 2, 2, pure=True)
+    d = ex.submit(operator.add, 2, 2, pure=True)
+    assert c is d
+    a.cancel()
+    assert await ex.retrieve(b) == 2
 
 
 async def test_submit_returns_at_once(external_cluster: ExternalCluster) -> None:
@@ -191,14 +190,13 @@ async def test_submit_returns_at_once(external_cluster: ExternalCluster) -> None
         assert blocked.done()
 
 
-async def test_run_passes_every_keyword_to_the_function(external_cluster: ExternalCluster) -> None:
+async def test_run_passes_every_keyword_to_the_function(ex: DaskExecutor) -> None:
     """run() has no options: keywords named like submit's options go to the function."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        assert await ex.run(dict, key="k", pure=1, priority=2) == {
-            "key": "k",
-            "pure": 1,
-            "priority": 2,
-        }
+    assert await ex.run(dict, key="k", pure=1, priority=2) == {
+        "key": "k",
+        "pure": 1,
+        "priority": 2,
+    }
 
 
 async def test_submit_keywords_named_like_options(external_cluster: ExternalCluster) -> None:

@@ -154,18 +154,17 @@ async def test_a_cancelled_get_never_loses_an_item(
 
 
 async def test_a_get_in_a_cancelled_scope_takes_nothing(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
     """A checkpoint: in a cancelled scope, get raises at once and the item stays."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        queue = ex.queue(_name("queue"))
-        await queue.put("kept")
-        with anyio.CancelScope() as scope:
-            scope.cancel()
-            await queue.get()
-        assert scope.cancelled_caught
-        assert await queue.qsize() == 1
-        assert await queue.get() == "kept"
+    queue = ex.queue(_name("queue"))
+    await queue.put("kept")
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await queue.get()
+    assert scope.cancelled_caught
+    assert await queue.qsize() == 1
+    assert await queue.get() == "kept"
 
 
 async def test_a_full_queue_holds_back_a_put(external_cluster: ExternalCluster) -> None:
@@ -388,17 +387,16 @@ async def test_every_call_is_a_checkpoint(external_cluster: ExternalCluster) -> 
         await variable.delete()
 
 
-async def test_delete_is_done_when_it_returns(external_cluster: ExternalCluster) -> None:
+async def test_delete_is_done_when_it_returns(ex: DaskExecutor) -> None:
     """A get after delete() waits for a new value (Dask's delete is a one-way message that
     a later get overtakes)."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        variable = ex.variable(_name("variable"))
-        for _ in range(3):
-            await variable.set(1)
-            await variable.delete()
-            with anyio.move_on_after(PROMPT * 2) as scope:
-                await variable.get()
-            assert scope.cancelled_caught
+    variable = ex.variable(_name("variable"))
+    for _ in range(3):
+        await variable.set(1)
+        await variable.delete()
+        with anyio.move_on_after(PROMPT * 2) as scope:
+            await variable.get()
+        assert scope.cancelled_caught
 
 
 async def test_dasks_own_queue_shares_plain_values(external_cluster: ExternalCluster) -> None:

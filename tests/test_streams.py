@@ -65,62 +65,58 @@ async def test_as_completed_yields_in_completion_order(external_cluster: Externa
         assert order == [fast, slow]
 
 
-async def test_as_completed_yields_failed_and_cancelled(external_cluster: ExternalCluster) -> None:
+async def test_as_completed_yields_failed_and_cancelled(ex: DaskExecutor) -> None:
     """Failed and cancelled handles are yielded like the others, none dropped, no hang."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        ok = ex.submit(inc, 1)
-        bad = ex.submit(raise_remote_only, "boom")
-        never = ex.submit(inc, 2, resources=ABSENT)
-        seen = []
-        async for handle in ex.as_completed([ok, bad, never]):
-            seen.append(handle)
-            if handle is ok:
-                never.cancel()
-        assert set(seen) == {ok, bad, never}
-        assert len(seen) == 3
-        assert never.cancelled()
-        with pytest.raises(RemoteOnlyError):
-            await bad
+    ok = ex.submit(inc, 1)
+    bad = ex.submit(raise_remote_only, "boom")
+    never = ex.submit(inc, 2, resources=ABSENT)
+    seen = []
+    async for handle in ex.as_completed([ok, bad, never]):
+        seen.append(handle)
+        if handle is ok:
+            never.cancel()
+    assert set(seen) == {ok, bad, never}
+    assert len(seen) == 3
+    assert never.cancelled()
+    with pytest.raises(RemoteOnlyError):
+        await bad
 
 
 async def test_as_completed_accepts_handles_while_iterating(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
     """Handles added during the iteration are yielded too; the iteration ends after them."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        stream = ex.as_completed([ex.submit(inc, 0)])
-        values = []
-        async for handle in stream:
-            value = await ex.retrieve(handle)
-            values.append(value)
-            if value < 5:
-                stream.add(ex.submit(inc, value))
-        assert values == [1, 2, 3, 4, 5]
-        assert len(stream) == 0
+    stream = ex.as_completed([ex.submit(inc, 0)])
+    values = []
+    async for handle in stream:
+        value = await ex.retrieve(handle)
+        values.append(value)
+        if value < 5:
+            stream.add(ex.submit(inc, value))
+    assert values == [1, 2, 3, 4, 5]
+    assert len(stream) == 0
 
 
-async def test_as_completed_with_results(external_cluster: ExternalCluster) -> None:
+async def test_as_completed_with_results(ex: DaskExecutor) -> None:
     """with_results yields (handle, value); a failure raises, or with raise_errors=False
     is yielded as (handle, exception)."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        handles = ex.map(inc, range(5))
-        pairs = [pair async for pair in ex.as_completed(handles, with_results=True)]
-        assert sorted(v for _, v in pairs) == [1, 2, 3, 4, 5]
-        assert {h for h, _ in pairs} == set(handles)
+    handles = ex.map(inc, range(5))
+    pairs = [pair async for pair in ex.as_completed(handles, with_results=True)]
+    assert sorted(v for _, v in pairs) == [1, 2, 3, 4, 5]
+    assert {h for h, _ in pairs} == set(handles)
 
-        bad = ex.submit(raise_remote_only, "boom")
-        with pytest.raises(RemoteOnlyError, match="boom"):
-            async for _ in ex.as_completed([bad], with_results=True):
-                pass
+    bad = ex.submit(raise_remote_only, "boom")
+    with pytest.raises(RemoteOnlyError, match="boom"):
+        async for _ in ex.as_completed([bad], with_results=True):
+            pass
 
-        good = ex.submit(inc, 41)
-        bad = ex.submit(raise_remote_only, "boom")
-        outcomes = {
-            h: v
-            async for h, v in ex.as_completed([good, bad], with_results=True, raise_errors=False)
-        }
-        assert outcomes[good] == 42
-        assert isinstance(outcomes[bad], RemoteOnlyError)
+    good = ex.submit(inc, 41)
+    bad = ex.submit(raise_remote_only, "boom")
+    outcomes = {
+        h: v async for h, v in ex.as_completed([good, bad], with_results=True, raise_errors=False)
+    }
+    assert outcomes[good] == 42
+    assert isinstance(outcomes[bad], RemoteOnlyError)
 
 
 async def test_cancelled_as_completed_loses_nothing(external_cluster: ExternalCluster) -> None:
@@ -137,10 +133,9 @@ async def test_cancelled_as_completed_loses_nothing(external_cluster: ExternalCl
         assert [pair async for pair in stream] == [(handle, event)]
 
 
-async def test_as_completed_of_nothing(external_cluster: ExternalCluster) -> None:
+async def test_as_completed_of_nothing(ex: DaskExecutor) -> None:
     """No handles: the iteration ends at once."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        assert [h async for h in ex.as_completed()] == []
+    assert [h async for h in ex.as_completed()] == []
 
 
 # -- imap ------------------------------------------------------------------------------------
@@ -270,31 +265,29 @@ async def test_imap_open_at_exit_is_cancelled(external_cluster: ExternalCluster)
     external_cluster.observer.submit(set_event, event, pure=False).result()
 
 
-async def test_imap_bad_arguments(external_cluster: ExternalCluster) -> None:
+async def test_imap_bad_arguments(ex: DaskExecutor) -> None:
     """Bad arguments fail at once; an unpicklable item fails the iteration, naming it."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        with pytest.raises(ValueError, match="max_in_flight"):
-            ex.imap(inc, range(3), max_in_flight=0)
-        with pytest.raises(TypeError, match="iterable"):
-            ex.imap(inc, 3, max_in_flight=1)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="callable"):
-            ex.imap(3, range(3), max_in_flight=1)  # type: ignore[arg-type]
-        got: list[Any] = []
-        results = ex.imap(slow_identity, [1, threading.Lock()], max_in_flight=2)
-        with pytest.raises(TypeError, match="cannot be pickled"):
-            await collect(results, got)
-        assert got == [1]
+    with pytest.raises(ValueError, match="max_in_flight"):
+        ex.imap(inc, range(3), max_in_flight=0)
+    with pytest.raises(TypeError, match="iterable"):
+        ex.imap(inc, 3, max_in_flight=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="callable"):
+        ex.imap(3, range(3), max_in_flight=1)  # type: ignore[arg-type]
+    got: list[Any] = []
+    results = ex.imap(slow_identity, [1, threading.Lock()], max_in_flight=2)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        await collect(results, got)
+    assert got == [1]
 
 
-async def test_imap_handles_as_items_and_keywords(external_cluster: ExternalCluster) -> None:
+async def test_imap_handles_as_items_and_keywords(ex: DaskExecutor) -> None:
     """Items and keyword arguments may hold handles; their values are used on the cluster."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        handles = ex.map(inc, range(3))
-        offset = ex.submit(inc, 9)
-        from .tasks import add
+    handles = ex.map(inc, range(3))
+    offset = ex.submit(inc, 9)
+    from .tasks import add
 
-        async with ex.imap(add, handles, max_in_flight=2, y=offset) as results:
-            assert [v async for v in results] == [11, 12, 13]
+    async with ex.imap(add, handles, max_in_flight=2, y=offset) as results:
+        assert [v async for v in results] == [11, 12, 13]
 
 
 async def test_imap_task_cancelled_elsewhere(external_cluster: ExternalCluster) -> None:
@@ -317,22 +310,21 @@ async def test_imap_task_cancelled_elsewhere(external_cluster: ExternalCluster) 
             await ex.run(set_event, event)
 
 
-async def test_as_completed_shared_by_two_tasks(external_cluster: ExternalCluster) -> None:
+async def test_as_completed_shared_by_two_tasks(ex: DaskExecutor) -> None:
     """Two tasks iterating one as_completed share its handles; neither hangs."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        handles = ex.map(inc, range(10))
-        stream = ex.as_completed(handles)
-        seen: list[list[TaskHandle[int]]] = [[], []]
+    handles = ex.map(inc, range(10))
+    stream = ex.as_completed(handles)
+    seen: list[list[TaskHandle[int]]] = [[], []]
 
-        async def drain(into: list[TaskHandle[int]]) -> None:
-            async for handle in stream:
-                into.append(handle)
+    async def drain(into: list[TaskHandle[int]]) -> None:
+        async for handle in stream:
+            into.append(handle)
 
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(drain, seen[0])
-                tg.start_soon(drain, seen[1])
-        assert sorted(seen[0] + seen[1], key=handles.index) == handles
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain, seen[0])
+            tg.start_soon(drain, seen[1])
+    assert sorted(seen[0] + seen[1], key=handles.index) == handles
 
 
 async def test_result_stream_has_one_reader(external_cluster: ExternalCluster) -> None:
@@ -382,33 +374,31 @@ async def test_stream_closed_while_an_iteration_waits(external_cluster: External
 
 
 async def test_imap_unpicklable_item_is_named_by_position(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
     """The error for an item that cannot be pickled gives its position in the source."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        items = [0, 1, 2, 3, 4, threading.Lock(), 6]
-        got: list[Any] = []
-        with pytest.raises(TypeError, match="item 5 of"):
-            await collect(ex.imap(slow_identity, items, max_in_flight=8), got)
-        assert got == [0, 1, 2, 3, 4]
+    items = [0, 1, 2, 3, 4, threading.Lock(), 6]
+    got: list[Any] = []
+    with pytest.raises(TypeError, match="item 5 of"):
+        await collect(ex.imap(slow_identity, items, max_in_flight=8), got)
+    assert got == [0, 1, 2, 3, 4]
 
 
 async def test_as_completed_with_results_yields_cancelled_tasks(
-    external_cluster: ExternalCluster,
+    ex: DaskExecutor,
 ) -> None:
     """with_results yields a cancelled task as (handle, TaskCancelled) and goes on, with
     raise_errors either way (as Dask yields its CancelledError); only task errors raise."""
-    async with DaskExecutor(external_cluster.address) as ex:
-        for raise_errors in (True, False):
-            cancelled = ex.submit(inc, 1, resources=ABSENT)
-            good = ex.submit(inc, 41)
-            cancelled.cancel()
-            outcomes = {
-                h: v
-                async for h, v in ex.as_completed(
-                    [cancelled, good], with_results=True, raise_errors=raise_errors
-                )
-            }
-            assert outcomes[good] == 42
-            assert isinstance(outcomes[cancelled], TaskCancelled)
-            assert "TaskHandle.cancel()" in str(outcomes[cancelled])
+    for raise_errors in (True, False):
+        cancelled = ex.submit(inc, 1, resources=ABSENT)
+        good = ex.submit(inc, 41)
+        cancelled.cancel()
+        outcomes = {
+            h: v
+            async for h, v in ex.as_completed(
+                [cancelled, good], with_results=True, raise_errors=raise_errors
+            )
+        }
+        assert outcomes[good] == 42
+        assert isinstance(outcomes[cancelled], TaskCancelled)
+        assert "TaskHandle.cancel()" in str(outcomes[cancelled])
