@@ -35,6 +35,7 @@ from typing import Any
 
 import anyio
 
+from dask_anyio_bench.saving import load_around, save
 from dask_anyio_bench.tasks import trip
 
 #: Contender name -> backend.
@@ -197,14 +198,10 @@ def main() -> None:
     data = {
         "machine": machine(),
         "repetitions": options.repetitions,
-        "load_before": [round(x, 2) for x in load_before],
-        "load_after": [round(x, 2) for x in os.getloadavg()],
+        **load_around(load_before),
         "results": results,
     }
-    options.output.mkdir(parents=True, exist_ok=True)
-    (options.output / "results.json").write_text(json.dumps(data, indent=1))
-    (options.output / "results.md").write_text(report(data))
-    print(report(data))
+    save(options.output, data, report(data))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ apart. Tests, each on asyncio and trio:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -28,6 +27,8 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+from dask_anyio_bench.saving import load_around, save
 
 TESTS = """
 import pytest
@@ -160,15 +161,11 @@ def main() -> None:
     data = {
         "tests": options.tests,
         "repetitions": options.repetitions,
-        "load_before": [round(x, 2) for x in load_before],
-        "load_after": [round(x, 2) for x in os.getloadavg()],
+        **load_around(load_before),
         "runs": runs,
         "summary": summary,
     }
-    options.output.mkdir(parents=True, exist_ok=True)
-    (options.output / "results.json").write_text(json.dumps(data, indent=1))
-    (options.output / "results.md").write_text(markdown(data))
-    print(markdown(data))
+    save(options.output, data, markdown(data))
 
 
 if __name__ == "__main__":
