@@ -71,8 +71,8 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Build the documentation, warnings as errors."""
-    session.install("-e", ".[trio]", "sphinx", "furo", "myst-parser")
+    """Build the documentation, warnings as errors (pytest: the plugin's reference)."""
+    session.install("-e", ".[trio]", "sphinx", "furo", "myst-parser", "pytest>=8.4")
     session.run(
         "sphinx-build", "-W", "-n", "--keep-going", "-b", "html", "docs", "docs/_build/html"
     )
