@@ -194,8 +194,11 @@ async def test_waiters_of_a_lost_value_wake(
                 await anyio.sleep(0.02)
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_wait, handle)
-                await anyio.wait_all_tasks_blocked()
+                # (not wait_all_tasks_blocked: on asyncio, Dask's client keeps tasks of its
+                # own busy while the worker comes back, and it timed out in about half the runs)
+                waiting = anyio.Event()
+                tg.start_soon(_wait, handle, waiting)
+                await waiting.wait()
                 while not (runs / "again").exists():  # noqa: ASYNC110
                     await anyio.sleep(0.02)
                 assert handle.status is TaskStatus.LOST
@@ -205,7 +208,8 @@ async def test_waiters_of_a_lost_value_wake(
     assert cluster.scheduler_keys() == set()
 
 
-async def _wait(handle: TaskHandle[Any]) -> None:
+async def _wait(handle: TaskHandle[Any], waiting: anyio.Event) -> None:
+    waiting.set()  # (the await below starts before the test goes on: no checkpoint between)
     await handle
 
 
